@@ -1,0 +1,1 @@
+"""The ``advlab`` command-line interface (imports everything; nothing imports it)."""

@@ -1,0 +1,27 @@
+"""``advlab list``: what the registries hold."""
+
+from __future__ import annotations
+
+import click
+
+import advlab
+
+_KINDS = {
+    "datasets": advlab.list_datasets,
+    "models": advlab.list_models,
+    "attacks": advlab.list_attacks,
+    "defenses": advlab.list_defenses,
+    "experiments": advlab.list_experiments,
+}
+
+
+@click.command("list")
+@click.argument("kind", type=click.Choice(sorted(_KINDS)), required=False)
+def list_command(kind: str | None) -> None:
+    """List registered datasets, models, attacks, defenses or experiments (all when KIND is omitted)."""
+    for name in [kind] if kind else sorted(_KINDS):
+        names = _KINDS[name]()
+        click.echo(f"{name}: {', '.join(names) if names else '(none yet)'}")
+
+
+COMMANDS = [list_command]
