@@ -1,6 +1,6 @@
 """advlab: attack, defend and benchmark machine-learning models with adversarial examples.
 
-Top-level entry points::
+Top-level entry points (imported lazily, so ``import advlab`` stays cheap)::
 
     import advlab
     x, y = advlab.load_dataset("digits", "train")
@@ -10,30 +10,47 @@ Top-level entry points::
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from advlab import attacks
-from advlab.attacks import AttackResult, list_attacks
-from advlab.data import dataset_info, list_datasets, load_dataset
-from advlab.defenses import list_defenses
-from advlab.experiments import list_experiments
-from advlab.models import Classifier, create_model, list_models, load_checkpoint, save_checkpoint
-from advlab.threat import LpBall
+_EXPORTS: dict[str, str] = {
+    "AttackResult": "advlab.attacks",
+    "list_attacks": "advlab.attacks",
+    "dataset_info": "advlab.data",
+    "list_datasets": "advlab.data",
+    "load_dataset": "advlab.data",
+    "list_defenses": "advlab.defenses",
+    "list_experiments": "advlab.experiments",
+    "Classifier": "advlab.models",
+    "create_model": "advlab.models",
+    "list_models": "advlab.models",
+    "load_checkpoint": "advlab.models",
+    "save_checkpoint": "advlab.models",
+    "LpBall": "advlab.threat",
+}
+_SUBMODULES = ("attacks", "data", "defenses", "experiments", "models", "threat", "train")
 
-__all__ = [
-    "AttackResult",
-    "Classifier",
-    "LpBall",
-    "__version__",
-    "attacks",
-    "create_model",
-    "dataset_info",
-    "list_attacks",
-    "list_datasets",
-    "list_defenses",
-    "list_experiments",
-    "list_models",
-    "load_checkpoint",
-    "load_dataset",
-    "save_checkpoint",
-]
+__all__ = ["__version__", *_EXPORTS, *_SUBMODULES]
+
+if TYPE_CHECKING:
+    from advlab import attacks, data, defenses, experiments, models, threat, train
+    from advlab.attacks import AttackResult, list_attacks
+    from advlab.data import dataset_info, list_datasets, load_dataset
+    from advlab.defenses import list_defenses
+    from advlab.experiments import list_experiments
+    from advlab.models import Classifier, create_model, list_models, load_checkpoint, save_checkpoint
+    from advlab.threat import LpBall
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"advlab.{name}")
+    raise AttributeError(f"module 'advlab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
