@@ -1,0 +1,219 @@
+"""Threat models: L_p balls, bounds clipping and attack criteria.
+
+Budgets are always in raw input units (the units of the data before a ``Classifier`` normalises it).
+A perturbation ``delta`` has the shape of the inputs, ``(N, ...)``; every norm is taken per example over
+all non-batch dimensions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+Norm = Literal["linf", "l2", "l1"]
+NORMS: tuple[str, ...] = ("linf", "l2", "l1")
+_TINY = 1e-12
+
+
+def check_norm(norm: str, allowed: tuple[str, ...] = NORMS) -> str:
+    """Returns ``norm`` if it is one of ``allowed``, else raises ``ValueError`` naming the valid ones."""
+    if not isinstance(norm, str) or norm not in allowed:
+        raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(allowed)}")
+    return norm
+
+
+def lp_norm(delta: Tensor, norm: str) -> Tensor:
+    """Per-example L_p norm of ``delta`` (shape ``(N, ...)``) as a ``(N,)`` tensor."""
+    flat = delta.reshape(delta.shape[0], -1)
+    if norm == "linf":
+        return flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
+    if norm == "l2":
+        return flat.norm(p=2, dim=1)
+    if norm == "l1":
+        return flat.abs().sum(dim=1)
+    raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
+
+
+def _per_example(value: float | Tensor, like: Tensor) -> Tensor:
+    """Broadcasts a scalar or ``(N,)`` tensor to ``(N, 1, 1, ...)`` matching ``like``."""
+    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+    if t.ndim == 0:
+        return t
+    return t.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _rand(kind: str, shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Random numbers drawn on the generator's device (so seeds reproduce), moved to ``like``'s device."""
+    device = generator.device if generator is not None else like.device
+    if kind == "uniform":
+        out = torch.rand(shape, generator=generator, device=device, dtype=like.dtype)
+    elif kind == "normal":
+        out = torch.randn(shape, generator=generator, device=device, dtype=like.dtype)
+    else:  # exponential(1)
+        u = torch.rand(shape, generator=generator, device=device, dtype=like.dtype)
+        out = -torch.log1p(-u.clamp(max=1.0 - 1e-7))
+    return out.to(like.device)
+
+
+def project_l1(delta: Tensor, radius: float | Tensor) -> Tensor:
+    """Euclidean projection of each example onto the L1 ball of ``radius`` (Duchi et al., ICML 2008)."""
+    n = delta.shape[0]
+    flat = delta.reshape(n, -1)
+    r = torch.as_tensor(radius, dtype=flat.dtype, device=flat.device).expand(n)
+    abs_flat = flat.abs()
+    inside = abs_flat.sum(dim=1) <= r
+    if bool(inside.all()):
+        return delta
+    u, _ = abs_flat.sort(dim=1, descending=True)
+    cssv = u.cumsum(dim=1) - r[:, None]
+    idx = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=flat.dtype)
+    cond = u * idx > cssv
+    rho = cond.to(flat.dtype).mul(idx).amax(dim=1).clamp(min=1.0)  # largest index where cond holds
+    theta = cssv.gather(1, (rho - 1).long()[:, None]).squeeze(1) / rho
+    theta = torch.where(r > 0, theta.clamp(min=0.0), abs_flat.amax(dim=1))
+    projected = flat.sign() * (abs_flat - theta[:, None]).clamp(min=0.0)
+    out = torch.where(inside[:, None], flat, projected)
+    return out.reshape(delta.shape)
+
+
+class LpBall:
+    """The L_p ball ``{delta : ||delta||_p <= eps}`` for ``p`` in ``linf``, ``l2``, ``l1``.
+
+    ``eps`` is a float or a per-example ``(N,)`` tensor, in raw input units.
+
+    Example:
+        >>> import torch
+        >>> ball = LpBall("l2", 1.0)
+        >>> ball.distance(torch.zeros(1, 3), ball.project(torch.ones(1, 3) * 5)).item()
+        1.0
+    """
+
+    def __init__(self, norm: str, eps: float | Tensor) -> None:
+        self.norm = check_norm(norm)
+        if isinstance(eps, Tensor):
+            if not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
+                raise ValueError("eps must be finite and non-negative")
+        else:
+            eps = float(eps)
+            if not math.isfinite(eps) or eps < 0:
+                raise ValueError(f"eps must be finite and non-negative, got {eps}")
+        self.eps = eps
+
+    def __repr__(self) -> str:
+        return f"LpBall(norm={self.norm!r}, eps={self.eps!r})"
+
+    def project(self, delta: Tensor) -> Tensor:
+        """Nearest point of the ball to each example of ``delta`` (Euclidean projection)."""
+        if self.norm == "linf":
+            e = _per_example(self.eps, delta)
+            return torch.maximum(torch.minimum(delta, e), -e)
+        if self.norm == "l2":
+            norms = lp_norm(delta, "l2")
+            eps_t = torch.as_tensor(self.eps, dtype=delta.dtype, device=delta.device)
+            factor = torch.clamp(eps_t / norms.clamp(min=_TINY), max=1.0)
+            return delta * factor.reshape(-1, *([1] * (delta.ndim - 1)))
+        return project_l1(delta, self.eps)
+
+    def contains(self, delta: Tensor, tol: float = 1e-5) -> Tensor:
+        """``(N,)`` bool: which examples lie inside the ball (with relative tolerance ``tol``)."""
+        eps_t = torch.as_tensor(self.eps, dtype=delta.dtype, device=delta.device)
+        return lp_norm(delta, self.norm) <= eps_t * (1 + tol) + tol
+
+    def random_init(self, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """A perturbation drawn uniformly from the ball, shaped like ``like``.
+
+        linf: uniform per coordinate; l2: uniform in the ball (Gaussian direction, radius ``eps * U^(1/d)``);
+        l1: uniform in the ball (exponential spacings with random signs).
+        """
+        n = like.shape[0]
+        d = like[0].numel()
+        shape = tuple(like.shape)
+        e = _per_example(self.eps, like)
+        if self.norm == "linf":
+            return (2 * _rand("uniform", shape, like, generator) - 1) * e
+        if self.norm == "l2":
+            direction = _rand("normal", shape, like, generator)
+            direction = direction / lp_norm(direction, "l2").clamp(min=_TINY).reshape(-1, *([1] * (like.ndim - 1)))
+            radius = _rand("uniform", (n,), like, generator).pow(1.0 / d)
+            return direction * radius.reshape(-1, *([1] * (like.ndim - 1))) * e
+        spacings = _rand("exponential", (n, d + 1), like, generator)
+        point = spacings[:, :d] / spacings.sum(dim=1, keepdim=True)
+        signs = torch.where(_rand("uniform", (n, d), like, generator) < 0.5, -1.0, 1.0).to(like.dtype)
+        return (point * signs).reshape(shape) * e
+
+    def steepest_step(
+        self,
+        grad: Tensor,
+        step_size: float | Tensor,
+        *,
+        x: Tensor | None = None,
+        bounds: tuple[float, float] | None = None,
+        l1_sparsity: float = 0.95,
+    ) -> Tensor:
+        """The steepest-ascent step of L_p length ``step_size`` for the gradient ``grad``.
+
+        linf: ``step_size * sign(grad)``; l2: ``step_size * grad / ||grad||_2``; l1: the sparse step of
+        Tramèr & Boneh (2019): only the coordinates above the ``l1_sparsity`` quantile of ``|grad|`` move, by
+        ``step_size / k`` each (L1 length ``step_size``). For l1, passing the current point ``x`` and ``bounds``
+        skips coordinates already at a bound that the gradient pushes further out.
+        """
+        a = _per_example(step_size, grad)
+        if self.norm == "linf":
+            return a * grad.sign()
+        if self.norm == "l2":
+            g_norm = lp_norm(grad, "l2").clamp(min=_TINY).reshape(-1, *([1] * (grad.ndim - 1)))
+            return a * grad / g_norm
+        if not 0.0 <= l1_sparsity < 1.0:
+            raise ValueError(f"l1_sparsity must be in [0, 1), got {l1_sparsity}")
+        g = grad
+        if x is not None and bounds is not None:
+            stuck = ((x <= bounds[0]) & (g < 0)) | ((x >= bounds[1]) & (g > 0))
+            g = g.masked_fill(stuck, 0.0)
+        n = g.shape[0]
+        flat = g.reshape(n, -1)
+        k = max(1, round((1.0 - l1_sparsity) * flat.shape[1]))
+        top = flat.abs().topk(k, dim=1)
+        step = torch.zeros_like(flat)
+        step.scatter_(1, top.indices, flat.gather(1, top.indices).sign())
+        counts = step.abs().sum(dim=1, keepdim=True).clamp(min=1.0)
+        return a * (step / counts).reshape(grad.shape)
+
+    def distance(self, x: Tensor, x_adv: Tensor) -> Tensor:
+        """``(N,)`` L_p distance between ``x`` and ``x_adv``."""
+        return lp_norm(x_adv - x, self.norm)
+
+
+def clip_to_bounds(x: Tensor, bounds: tuple[float, float]) -> Tensor:
+    """Clamps ``x`` into ``[bounds[0], bounds[1]]``."""
+    return x.clamp(bounds[0], bounds[1])
+
+
+# ---------------------------------------------------------------- criteria
+
+
+def is_adversarial(logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
+    """``(N,)`` bool: misclassified (``targeted=False``, ``labels`` = true classes) or classified as the
+    target (``targeted=True``, ``labels`` = target classes)."""
+    pred = logits.argmax(dim=1)
+    return pred == labels if targeted else pred != labels
+
+
+def least_likely_targets(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """The least-likely class of each example under ``model`` (Kurakin et al. 2016's ILLC target)."""
+    with torch.no_grad():
+        return model(x).argmin(dim=1)
+
+
+def random_targets(labels: Tensor, num_classes: int, generator: torch.Generator | None = None) -> Tensor:
+    """A uniformly random class different from each true label."""
+    if num_classes < 2:
+        raise ValueError(f"random targets need at least 2 classes, got {num_classes}")
+    offset = torch.randint(
+        1, num_classes, labels.shape, generator=generator,
+        device=generator.device if generator is not None else labels.device,
+    ).to(labels.device)
+    return (labels + offset) % num_classes
