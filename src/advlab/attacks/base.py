@@ -150,10 +150,14 @@ def model_bounds(model: nn.Module | Callable[[Tensor], Tensor]) -> tuple[float, 
 
 def validate_eps(eps: float | Sequence[float]) -> tuple[float, ...]:
     """Normalises ``eps`` to a non-empty tuple of finite non-negative floats."""
-    values = [eps] if isinstance(eps, (int, float)) and not isinstance(eps, bool) else eps
-    if isinstance(values, Tensor):
-        values = values.flatten().tolist()
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+    values: Any
+    if isinstance(eps, Tensor):
+        values = eps.flatten().tolist()
+    elif isinstance(eps, (int, float)) and not isinstance(eps, bool):
+        values = [eps]
+    else:
+        values = eps
+    if isinstance(values, (str, bytes, bool)) or not hasattr(values, "__iter__"):
         raise TypeError(f"eps must be a number or a sequence of numbers, got {type(eps).__name__}")
     out = []
     for e in values:
