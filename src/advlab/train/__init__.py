@@ -1,1 +1,45 @@
-"""advlab.train."""
+"""The training engine: one loop (:func:`fit`) whose step function is swappable, events, metrics, recipes.
+
+Example::
+
+    import torch
+    from advlab import create_model, load_dataset
+    from advlab.train import evaluate_accuracy, fit, get_recipe
+
+    x, y = load_dataset("digits", "train")
+    torch.manual_seed(0)                       # initialisation is the caller's business
+    model = create_model("cnn-small", dataset="digits")
+    history = fit(model, x, y, seed=0, **get_recipe("cnn-small", "digits").fit_kwargs())
+    print(history.epochs[-1].loss, evaluate_accuracy(model, *load_dataset("digits", "test")))
+"""
+
+from __future__ import annotations
+
+from advlab.train.callbacks import Callback, ProgressBar, TrainState
+from advlab.train.loop import EpochRecord, TrainHistory, evaluate_accuracy, fit
+from advlab.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_scheduler
+from advlab.train.recipes import DEFAULT_RECIPE, OVERRIDES, RECIPES, Recipe, get_recipe
+from advlab.train.steps import StepContext, StepFn, StepOutput, standard_step
+
+__all__ = [
+    "DEFAULT_RECIPE",
+    "OPTIMIZERS",
+    "OVERRIDES",
+    "RECIPES",
+    "SCHEDULES",
+    "Callback",
+    "EpochRecord",
+    "ProgressBar",
+    "Recipe",
+    "StepContext",
+    "StepFn",
+    "StepOutput",
+    "TrainHistory",
+    "TrainState",
+    "evaluate_accuracy",
+    "fit",
+    "get_recipe",
+    "make_optimizer",
+    "make_scheduler",
+    "standard_step",
+]
