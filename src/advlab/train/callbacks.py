@@ -28,8 +28,8 @@ class TrainState:
         batch: index of the last finished batch within the epoch, from 0.
         step: optimizer steps taken so far.
         metrics: numbers so far; during an epoch ``loss`` (running mean), ``accuracy`` (running train
-            accuracy), ``lr`` and any step metrics; at ``on_epoch_end`` also ``seconds`` and, with
-            validation data, ``val_accuracy``.
+            accuracy), ``lr`` (used by the last step) and any step metrics; at ``on_epoch_end`` also
+            ``seconds`` and, with validation data, ``val_accuracy``.
         history: records of the finished epochs.
         output: the last step's :class:`StepOutput` (at ``on_batch_end``), else ``None``.
         stop_training: set it to ``True`` in a callback to end ``fit`` after the current epoch.

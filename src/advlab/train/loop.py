@@ -29,7 +29,7 @@ class EpochRecord:
             dropout/batch-norm in train mode), or ``None`` when the step returned no logits.
         val_accuracy: accuracy on the validation data at the end of the epoch, or ``None``.
         seconds: wall time of the epoch's training (validation excluded).
-        lr: learning rate of the first parameter group at the end of the epoch.
+        lr: learning rate of the first parameter group in the epoch's last step.
         metrics: epoch means of the extra numbers the step function reported.
     """
 
@@ -287,6 +287,7 @@ def _train_epoch(
         out.loss.backward()
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        lr_used = float(opt.param_groups[0]["lr"])
         opt.step()
         if scheduler is not None:
             scheduler.step()
@@ -300,7 +301,7 @@ def _train_epoch(
         state.metrics["loss"] = loss_sum / seen
         if counted:
             state.metrics["accuracy"] = correct / counted
-        state.metrics["lr"] = float(opt.param_groups[0]["lr"])
+        state.metrics["lr"] = lr_used
         for key, total in extra_sums.items():
             state.metrics[key] = total / seen
         for cb in cbs:
@@ -313,7 +314,7 @@ def _train_epoch(
         train_accuracy=correct / counted if counted else None,
         val_accuracy=None,
         seconds=seconds,
-        lr=float(opt.param_groups[0]["lr"]),
+        lr=state.metrics["lr"],
         metrics={k: v / seen for k, v in extra_sums.items()},
     )
 
