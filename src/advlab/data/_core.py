@@ -88,7 +88,7 @@ def register_dataset(info: DatasetInfo, *, locate: Locator | None = None) -> Cal
         >>> import numpy as np
         >>> from advlab.data import DatasetInfo, register_dataset
         >>> info = DatasetInfo("toy", (1, 2, 2), 2, ("a", "b"), (0.5,), (0.5,), ())
-        >>> @register_dataset(info)
+        >>> @register_dataset(info)  # doctest: +SKIP
         ... def _read(files, split):
         ...     return np.zeros((4, 1, 2, 2), np.uint8), np.array([0, 1, 0, 1])
     """

@@ -180,9 +180,7 @@ def _locate_cifar10(root: Path, split: str) -> tuple[Path, ...]:
         class_names=CIFAR10_NAMES,
         mean=(0.4914, 0.4822, 0.4465),
         std=(0.2470, 0.2435, 0.2616),
-        files=tuple(
-            f"cifar10/{CIFAR10_FOLDER}/{f}" for split in ("train", "test") for f in CIFAR10_BATCHES[split]
-        ),
+        files=tuple(f"cifar10/{CIFAR10_FOLDER}/{f}" for split in ("train", "test") for f in CIFAR10_BATCHES[split]),
         description=(
             "CIFAR-10 natural images, 32x32 RGB (50,000 train / 10,000 test); "
             f"falls back to cifar10/{CIFAR10_SUBSET} when the official batches are absent"

@@ -121,7 +121,7 @@ def _manual_instructions(name: str, source: Source, target: Path) -> str:
         lines.append(f"  {f.name}  (md5 {f.md5})  from {urls}")
     if source.extract:
         lines.append(
-            f"then run `advlab data fetch {name}` again to verify and unpack it (it is not downloaded again), "
+            f"then run `advlab data fetch {name} --data-root {target.parent}` again to verify and unpack it (it is not downloaded again), "
             f"or unpack it yourself so that {target}/{source.extract[0].name.split('/')[0]}/ holds "
             + ", ".join(PurePosixPath(f.name).name for f in source.extract)
             + "."
@@ -342,9 +342,10 @@ def fetch_dataset(
                 ) from err
         else:
             raise DownloadError(
-                f"could not download {name}:\n  " + "\n  ".join(errors) + "\n" + _manual_instructions(
-                    name, source, target
-                )
+                f"could not download {name}:\n  "
+                + "\n  ".join(errors)
+                + "\n"
+                + _manual_instructions(name, source, target)
             )
         say(f"{name}: {remote.name} downloaded, MD5 verified")
 
@@ -355,8 +356,7 @@ def fetch_dataset(
         bad = [f.name for f in source.extract if not _has_md5(target / f.name, f.md5)]
         if bad:
             raise ChecksumError(
-                f"{archive}: unpacked files with unexpected MD5: {', '.join(bad)}; delete {archive} and "
-                f"fetch again"
+                f"{archive}: unpacked files with unexpected MD5: {', '.join(bad)}; delete {archive} and fetch again"
             )
         archive.unlink()
         say(f"{name}: unpacked and verified into {target / source.extract[0].name.split('/')[0]}")

@@ -77,9 +77,7 @@ def read_idx(path: str | Path, magic: int, *, dataset: str | None = None) -> np.
     payload = len(raw) - header
     if payload != expected:
         what = "truncated" if payload < expected else "has trailing bytes"
-        raise _corrupt(
-            path, f"{what}: header says {dims} = {expected} bytes of data, file holds {payload}", dataset
-        )
+        raise _corrupt(path, f"{what}: header says {dims} = {expected} bytes of data, file holds {payload}", dataset)
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
