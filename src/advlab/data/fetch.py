@@ -121,7 +121,8 @@ def _manual_instructions(name: str, source: Source, target: Path) -> str:
         lines.append(f"  {f.name}  (md5 {f.md5})  from {urls}")
     if source.extract:
         lines.append(
-            f"then run `advlab data fetch {name} --data-root {target.parent}` again to verify and unpack it (it is not downloaded again), "
+            f"then run `advlab data fetch {name} --data-root {target.parent}` again to verify and unpack it "
+            "(it is not downloaded again), "
             f"or unpack it yourself so that {target}/{source.extract[0].name.split('/')[0]}/ holds "
             + ", ".join(PurePosixPath(f.name).name for f in source.extract)
             + "."
