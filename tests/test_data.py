@@ -633,3 +633,16 @@ def test_cli_data_fetch(tmp_path: Path, shared_data_root: Path) -> None:
     assert f"ready in {tmp_path / 'mnist'}" in result.output
     result = runner.invoke(data_group, ["fetch", "svhn"])
     assert result.exit_code == 2 and "svhn" in result.output
+
+
+def test_register_dataset_validates_info() -> None:
+    from advlab.data import register_dataset
+
+    bad = DatasetInfo("bad-toy", (1, 2, 2), 3, ("a", "b"), (0.5,), (0.5,), ())
+    with pytest.raises(ValueError, match="2 class names for 3 classes"):
+        register_dataset(bad)
+    with pytest.raises(ValueError, match="one value per channel"):
+        register_dataset(DatasetInfo("bad-toy", (3, 2, 2), 1, ("a",), (0.5,), (0.5,), ()))
+    with pytest.raises(ValueError, match="already registered"):
+        register_dataset(dataset_info("mnist"))(lambda files, split: (np.zeros(1), np.zeros(1)))
+    assert "bad-toy" not in list_datasets()

@@ -94,6 +94,15 @@ def register_dataset(info: DatasetInfo, *, locate: Locator | None = None) -> Cal
     """
     if not isinstance(info, DatasetInfo):
         raise TypeError(f"register_dataset expects a DatasetInfo, got {type(info).__name__}")
+    if len(info.shape) != 3 or not all(isinstance(d, int) and d > 0 for d in info.shape):
+        raise ValueError(f"DatasetInfo.shape must be (C, H, W) of positive ints, got {info.shape}")
+    if len(info.class_names) != info.num_classes:
+        raise ValueError(
+            f"DatasetInfo {info.name!r}: {len(info.class_names)} class names for {info.num_classes} classes; "
+            "give one name per class"
+        )
+    if len(info.mean) != info.shape[0] or len(info.std) != info.shape[0]:
+        raise ValueError(f"DatasetInfo {info.name!r}: mean and std need one value per channel ({info.shape[0]})")
 
     def decorator(read: Reader) -> Reader:
         _DATASETS.register(info.name)(_Entry(info=info, read=read, locate=locate))
