@@ -1,0 +1,11 @@
+"""Reports: plots (matplotlib, rendered off-screen) of attacks and evaluations.
+
+Example:
+    >>> from advlab.report import save_attack_grid
+"""
+
+from __future__ import annotations
+
+from advlab.report.grid import pick_examples, save_attack_grid
+
+__all__ = ["pick_examples", "save_attack_grid"]
