@@ -38,9 +38,12 @@ def lp_norm(delta: Tensor, norm: str) -> Tensor:
     raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
 
 
-def _per_example(value: float | Tensor, like: Tensor) -> Tensor:
-    """Broadcasts a scalar or ``(N,)`` tensor to ``(N, 1, 1, ...)`` matching ``like``."""
-    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+def _per_example(value: float | Tensor, like: Tensor) -> float | Tensor:
+    """Broadcasts a ``(N,)`` tensor to ``(N, 1, 1, ...)`` matching ``like``; a Python number stays a number
+    (no tensor is created, so no host-to-device copy per call)."""
+    if not isinstance(value, Tensor):
+        return float(value)
+    t = value.to(dtype=like.dtype, device=like.device)
     if t.ndim == 0:
         return t
     return t.reshape(-1, *([1] * (like.ndim - 1)))
@@ -110,6 +113,8 @@ class LpBall:
         """Nearest point of the ball to each example of ``delta`` (Euclidean projection)."""
         if self.norm == "linf":
             e = _per_example(self.eps, delta)
+            if isinstance(e, float):
+                return delta.clamp(-e, e)
             return torch.maximum(torch.minimum(delta, e), -e)
         if self.norm == "l2":
             norms = lp_norm(delta, "l2")
@@ -202,10 +207,20 @@ def is_adversarial(logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
     return pred == labels if targeted else pred != labels
 
 
-def least_likely_targets(model: nn.Module | Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """The least-likely class of each example under ``model`` (Kurakin et al. 2016's ILLC target)."""
+def least_likely_targets(
+    model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, exclude: Tensor | None = None
+) -> Tensor:
+    """The least-likely class of each example under ``model`` (Kurakin et al. 2016's ILLC target).
+
+    ``exclude`` (``(N,)`` class indices, e.g. the true labels) removes one class per example from the
+    choice, so the target never equals it: for a misclassified example the true class may otherwise be the
+    least likely one.
+    """
     with torch.no_grad():
-        return model(x).argmin(dim=1)
+        logits = model(x)
+    if exclude is not None:
+        logits = logits.scatter(1, exclude.to(logits.device).long()[:, None], float("inf"))
+    return logits.argmin(dim=1)
 
 
 def random_targets(labels: Tensor, num_classes: int, generator: torch.Generator | None = None) -> Tensor:

@@ -298,6 +298,13 @@ def run_attack(
                         f"labels must be class indices in [0, {logits.shape[1] - 1}] for this model, "
                         f"got values in [{int(yb.min())}, {int(yb.max())}]"
                     )
+                if true_labels is not None:
+                    tb = true_labels[start : start + chunk]
+                    if int(tb.max()) >= logits.shape[1] or int(tb.min()) < 0:
+                        raise ValueError(
+                            f"true_labels must be class indices in [0, {logits.shape[1] - 1}] for this model, "
+                            f"got values in [{int(tb.min())}, {int(tb.max())}]"
+                        )
                 if ctx is None:
                     ctx = AttackContext(model, bounds, logits.shape[1], generator, targeted)
                 ctx.n_forward += xb.shape[0]
