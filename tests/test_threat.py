@@ -1,0 +1,261 @@
+"""Threat models: L_p balls (projection, random starts, steepest steps) and attack criteria."""
+
+from __future__ import annotations
+
+import math
+
+import hypothesis.extra.numpy as hnp
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from advlab.threat import (
+    NORMS,
+    LpBall,
+    check_norm,
+    clip_to_bounds,
+    is_adversarial,
+    least_likely_targets,
+    lp_norm,
+    project_l1,
+    random_targets,
+)
+
+deltas = hnp.arrays(
+    np.float64, st.tuples(st.integers(1, 4), st.integers(1, 7)),
+    elements=st.floats(-10, 10, allow_nan=False, allow_infinity=False),
+)
+radii = st.floats(0.0, 5.0, allow_nan=False)
+
+
+def _l1_bisection(v: torch.Tensor, r: float) -> torch.Tensor:
+    """Independent reference: soft-thresholding with the threshold found by bisection."""
+    if v.abs().sum() <= r:
+        return v.clone()
+    lo, hi = 0.0, float(v.abs().max())
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if float((v.abs() - mid).clamp(min=0).sum()) > r:
+            lo = mid
+        else:
+            hi = mid
+    return v.sign() * (v.abs() - hi).clamp(min=0)
+
+
+# ---------------------------------------------------------------- projection
+
+
+@settings(max_examples=60, deadline=None)
+@given(deltas, radii, st.sampled_from(NORMS))
+def test_projection_is_inside_and_idempotent(delta_np: np.ndarray, eps: float, norm: str) -> None:
+    delta = torch.from_numpy(delta_np)
+    ball = LpBall(norm, eps)
+    p = ball.project(delta)
+    assert bool(ball.contains(p, tol=1e-9).all())
+    torch.testing.assert_close(ball.project(p), p, rtol=1e-9, atol=1e-9)
+    inside = lp_norm(delta, norm) <= eps
+    torch.testing.assert_close(p[inside], delta[inside])  # points inside the ball do not move
+
+
+@settings(max_examples=60, deadline=None)
+@given(deltas, st.floats(0.1, 5.0), st.sampled_from(NORMS), st.integers(0, 2**31 - 1))
+def test_projection_is_the_nearest_point(delta_np: np.ndarray, eps: float, norm: str, seed: int) -> None:
+    delta = torch.from_numpy(delta_np)
+    ball = LpBall(norm, eps)
+    p = ball.project(delta)
+    gen = torch.Generator().manual_seed(seed)
+    rows = delta.repeat(64, 1)  # 64 competitors per row: uniform inside the ball, and on its surface
+    inside = ball.random_init(rows, gen)
+    surface = ball.project(10 * eps * torch.randn(rows.shape, generator=gen, dtype=rows.dtype))
+    for z in (inside, surface):
+        assert bool(ball.contains(z, tol=1e-9).all())
+        d_other = (rows - z).norm(dim=1).view(64, -1)
+        assert bool(((delta - p).norm(dim=1)[None] <= d_other + 1e-9).all())
+
+
+def test_linf_and_l2_projection_closed_forms() -> None:
+    delta = torch.tensor([[3.0, -0.5, -4.0], [0.1, 0.2, -0.1]])
+    assert torch.equal(LpBall("linf", 1.0).project(delta), torch.tensor([[1.0, -0.5, -1.0], [0.1, 0.2, -0.1]]))
+    p = LpBall("l2", 2.0).project(delta)
+    torch.testing.assert_close(p[0], delta[0] * 2.0 / delta[0].norm())
+    torch.testing.assert_close(p[1], delta[1])
+
+
+def test_l1_projection_known_examples() -> None:
+    torch.testing.assert_close(project_l1(torch.tensor([[3.0, 1.0]]), 2.0), torch.tensor([[2.0, 0.0]]))
+    torch.testing.assert_close(project_l1(torch.tensor([[1.0, -1.0, 1.0]]), 1.5), torch.tensor([[0.5, -0.5, 0.5]]))
+    torch.testing.assert_close(project_l1(torch.tensor([[0.3, -0.2]]), 1.0), torch.tensor([[0.3, -0.2]]))
+    assert torch.equal(project_l1(torch.tensor([[0.3, -0.2]]), 0.0), torch.zeros(1, 2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(deltas, radii)
+def test_l1_projection_matches_bisection(delta_np: np.ndarray, eps: float) -> None:
+    delta = torch.from_numpy(delta_np)
+    expected = torch.stack([_l1_bisection(row, eps) for row in delta])
+    torch.testing.assert_close(project_l1(delta, eps), expected, rtol=1e-7, atol=1e-7)
+
+
+def test_per_example_eps_projection_and_image_shapes() -> None:
+    delta = torch.ones(3, 1, 2, 2)
+    eps = torch.tensor([0.5, 1.0, 8.0])
+    for norm in NORMS:
+        p = LpBall(norm, eps).project(delta)
+        assert p.shape == delta.shape
+        torch.testing.assert_close(lp_norm(p, norm), torch.minimum(lp_norm(delta, norm), eps))
+
+
+# ---------------------------------------------------------------- random starts
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_random_init_is_inside_and_spread(norm: str) -> None:
+    eps, n, d = 0.7, 4000, 12
+    like = torch.zeros(n, 1, 3, 4, dtype=torch.float64)
+    delta = LpBall(norm, eps).random_init(like, torch.Generator().manual_seed(0))
+    assert delta.shape == like.shape and delta.dtype == like.dtype
+    norms = lp_norm(delta, norm)
+    assert bool((norms <= eps + 1e-12).all())
+    flat = delta.reshape(n, -1)
+    assert float(flat.mean(dim=0).abs().max()) < 0.05 * eps  # centred, no preferred direction
+    assert float((flat > 0).double().mean()) == pytest.approx(0.5, abs=0.03)  # every sign
+    if norm == "linf":  # uniform per coordinate: mean |delta_i| = eps / 2, values reach both faces
+        assert float(flat.abs().mean()) == pytest.approx(eps / 2, rel=0.02)
+        assert float(flat.max()) > 0.99 * eps and float(flat.min()) < -0.99 * eps
+    else:  # uniform in the ball: the radius is eps * U^(1/d), whose mean is eps * d / (d + 1)
+        assert float(norms.mean()) == pytest.approx(eps * d / (d + 1), rel=0.01)
+
+
+def test_random_init_reproducible_with_generator() -> None:
+    like = torch.zeros(5, 8)
+    for norm in NORMS:
+        a = LpBall(norm, 0.3).random_init(like, torch.Generator().manual_seed(3))
+        b = LpBall(norm, 0.3).random_init(like, torch.Generator().manual_seed(3))
+        c = LpBall(norm, 0.3).random_init(like, torch.Generator().manual_seed(4))
+        assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# ---------------------------------------------------------------- steepest steps
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    hnp.arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(2, 30)),
+               elements=st.floats(-5, 5, allow_nan=False).filter(lambda v: abs(v) > 1e-3)),
+    st.floats(0.01, 3.0),
+)
+def test_steepest_step_lengths(grad_np: np.ndarray, alpha: float) -> None:
+    grad = torch.from_numpy(grad_np)
+    s_inf = LpBall("linf", 1.0).steepest_step(grad, alpha)
+    torch.testing.assert_close(s_inf, alpha * grad.sign())
+    s_2 = LpBall("l2", 1.0).steepest_step(grad, alpha)
+    torch.testing.assert_close(lp_norm(s_2, "l2"), torch.full((grad.shape[0],), alpha, dtype=grad.dtype))
+    assert bool(((s_2 * grad).sum(dim=1) > 0).all())  # an ascent direction
+    s_1 = LpBall("l1", 1.0).steepest_step(grad, alpha, l1_sparsity=0.5)
+    torch.testing.assert_close(lp_norm(s_1, "l1"), torch.full((grad.shape[0],), alpha, dtype=grad.dtype))
+    assert bool(((s_1 * grad) >= 0).all())
+
+
+def test_l1_step_is_sparse_on_the_largest_coordinates() -> None:
+    grad = torch.tensor([[0.1, -5.0, 0.2, 3.0, 0.0, -0.3, 0.05, 0.01, 0.02, 0.04]])
+    step = LpBall("l1", 1.0).steepest_step(grad, 2.0, l1_sparsity=0.8)  # k = 2 coordinates move
+    torch.testing.assert_close(step, torch.tensor([[0.0, -1.0, 0.0, 1.0, 0, 0, 0, 0, 0, 0]]))
+
+
+def test_l1_step_skips_coordinates_stuck_at_bounds() -> None:
+    x = torch.tensor([[1.0, 0.5, 0.0, 0.5]])
+    grad = torch.tensor([[9.0, 1.0, -8.0, -2.0]])  # the two largest push out of [0, 1]
+    step = LpBall("l1", 1.0).steepest_step(grad, 1.0, x=x, bounds=(0.0, 1.0), l1_sparsity=0.5)
+    torch.testing.assert_close(step, torch.tensor([[0.0, 0.5, 0.0, -0.5]]))
+
+
+def test_per_example_step_size() -> None:
+    grad = torch.randn(3, 10, generator=torch.Generator().manual_seed(0))
+    alpha = torch.tensor([0.1, 1.0, 2.0])
+    for norm in NORMS:
+        step = LpBall(norm, 1.0).steepest_step(grad, alpha)
+        torch.testing.assert_close(lp_norm(step, norm), alpha)
+
+
+def test_bad_l1_sparsity() -> None:
+    with pytest.raises(ValueError, match="l1_sparsity"):
+        LpBall("l1", 1.0).steepest_step(torch.ones(1, 3), 1.0, l1_sparsity=1.0)
+
+
+# ---------------------------------------------------------------- norms, distance, bounds
+
+
+def test_lp_norm_and_distance() -> None:
+    x = torch.zeros(2, 1, 2, 2)
+    x_adv = torch.tensor([[3.0, -4.0, 0.0, 0.0], [1.0, 1.0, 1.0, -1.0]]).reshape(2, 1, 2, 2)
+    torch.testing.assert_close(LpBall("linf", 1.0).distance(x, x_adv), torch.tensor([4.0, 1.0]))
+    torch.testing.assert_close(LpBall("l2", 1.0).distance(x, x_adv), torch.tensor([5.0, 2.0]))
+    torch.testing.assert_close(LpBall("l1", 1.0).distance(x, x_adv), torch.tensor([7.0, 4.0]))
+    assert torch.equal(LpBall("l2", 5.0).contains(x_adv - x), torch.tensor([True, True]))
+    assert torch.equal(LpBall("l1", 5.0).contains(x_adv - x), torch.tensor([False, True]))
+
+
+def test_clip_to_bounds() -> None:
+    assert torch.equal(clip_to_bounds(torch.tensor([-1.0, 0.5, 2.0]), (0.0, 1.0)), torch.tensor([0.0, 0.5, 1.0]))
+
+
+def test_bad_norm_and_eps() -> None:
+    with pytest.raises(ValueError, match=r"unknown norm 'l3'.*linf"):
+        LpBall("l3", 1.0)
+    with pytest.raises(ValueError, match="unknown norm"):
+        check_norm("L2")
+    with pytest.raises(ValueError, match="unknown norm"):
+        lp_norm(torch.ones(1, 2), "l0")
+    with pytest.raises(ValueError, match="non-negative"):
+        LpBall("linf", -0.1)
+    with pytest.raises(ValueError, match="finite"):
+        LpBall("l2", math.nan)
+    with pytest.raises(ValueError, match="non-negative"):
+        LpBall("l1", torch.tensor([0.1, -1.0]))
+    assert check_norm("l1") == "l1"
+
+
+# ---------------------------------------------------------------- criteria
+
+
+def test_is_adversarial() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0]])
+    labels = torch.tensor([0, 2])
+    assert torch.equal(is_adversarial(logits, labels, targeted=False), torch.tensor([False, True]))
+    assert torch.equal(is_adversarial(logits, labels, targeted=True), torch.tensor([True, False]))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 12), st.integers(1, 200), st.integers(0, 2**31 - 1))
+def test_random_targets_never_equal_labels(num_classes: int, n: int, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, num_classes, (n,), generator=gen)
+    targets = random_targets(labels, num_classes, gen)
+    assert targets.dtype == labels.dtype and targets.shape == labels.shape
+    assert bool((targets != labels).all())
+    assert bool(((targets >= 0) & (targets < num_classes)).all())
+
+
+def test_random_targets_cover_every_other_class() -> None:
+    labels = torch.zeros(3000, dtype=torch.long)
+    targets = random_targets(labels, 4, torch.Generator().manual_seed(0))
+    counts = torch.bincount(targets, minlength=4)
+    assert counts[0] == 0 and bool((counts[1:] > 900).all())
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        random_targets(labels, 1)
+
+
+def test_least_likely_targets() -> None:
+    weight = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
+    model = torch.nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(weight)
+    x = torch.tensor([[1.0, 2.0], [-3.0, 1.0], [-1.0, -1.0]])
+    expected = (x @ weight.T).argmin(dim=1)
+    assert torch.equal(expected, torch.tensor([2, 0, 0]))
+    assert torch.equal(least_likely_targets(model, x), expected)
+    excluded = least_likely_targets(model, x, exclude=expected)  # next-least-likely
+    assert torch.equal(excluded, torch.tensor([0, 1, 1]))
+    assert model.weight.grad is None
