@@ -17,7 +17,11 @@ from advlab.attacks.base import (
     register_attack,
     run_attack,
 )
+from advlab.attacks.bim import bim, illc
 from advlab.attacks.fgsm import fgm, fgsm
+from advlab.attacks.mifgsm import mifgsm
+from advlab.attacks.pgd import pgd
+from advlab.attacks.rfgsm import rfgsm
 
 __all__ = [
     "ATTACKS",
@@ -25,10 +29,15 @@ __all__ = [
     "AttackResult",
     "AttackSpec",
     "attack_spec",
+    "bim",
     "fgm",
     "fgsm",
     "get_attack",
+    "illc",
     "list_attacks",
+    "mifgsm",
+    "pgd",
     "register_attack",
+    "rfgsm",
     "run_attack",
 ]
