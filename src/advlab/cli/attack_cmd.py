@@ -153,13 +153,10 @@ def _make_targets(
     if mode == "random":
         return random_targets(y, num_classes, generator), keep
     if mode == "least-likely":
-        targets = torch.cat([least_likely_targets(model, x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-        clash = targets == y
-        if bool(clash.any()):  # the true class is the least likely one: take the least likely of the others
-            logits = _batched_logits(model, x[clash], batch_size)
-            logits[torch.arange(len(logits)), y[clash]] = math.inf
-            targets[clash] = logits.argmin(dim=1)
-        return targets, keep
+        # the least likely class other than the true one (a misclassified example may rank it last)
+        chunks = range(0, len(x), batch_size)
+        targets = [least_likely_targets(model, x[i : i + batch_size], exclude=y[i : i + batch_size]) for i in chunks]
+        return torch.cat(targets), keep
     try:
         cls = int(mode)
     except ValueError:
