@@ -1,0 +1,273 @@
+"""Every registered attack rejects bad input with a clear error that names the problem."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from advlab.attacks import attack_spec, bim, get_attack, illc, list_attacks, mifgsm, pgd, rfgsm
+from advlab.models.classifier import Classifier
+
+NUM_CLASSES = 4
+
+
+def tiny_model(softmax: bool = False) -> Classifier:
+    gen = torch.Generator().manual_seed(0)
+    layers: list[nn.Module] = [nn.Flatten(), nn.Linear(36, 8), nn.ReLU(), nn.Linear(8, NUM_CLASSES)]
+    if softmax:
+        layers.append(nn.Softmax(dim=1))
+    net = nn.Sequential(*layers)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    return Classifier(net)
+
+
+def inputs(n: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return torch.rand(n, 1, 6, 6, generator=gen), torch.arange(n) % NUM_CLASSES
+
+
+def fast(name: str) -> dict[str, Any]:
+    return {"steps": 2} if "steps" in inspect.signature(get_attack(name)).parameters else {}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=list_attacks())
+def name(request: pytest.FixtureRequest) -> str:
+    value: str = request.param
+    return value
+
+
+def call(name: str, model: Any, x: Any, y: Any, **kwargs: Any) -> Any:
+    kwargs.setdefault("eps", 0.1)
+    kwargs.setdefault("norm", attack_spec(name).norms[0])
+    return get_attack(name)(model, x, y, **{**fast(name), **kwargs})
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_inputs(name: str, bad: float) -> None:
+    x, y = inputs()
+    x[1, 0, 2, 3] = bad
+    with pytest.raises(ValueError, match="NaN or inf"):
+        call(name, tiny_model(), x, y)
+
+
+@pytest.mark.parametrize("value", [-0.01, 1.5])
+def test_out_of_bounds_inputs(name: str, value: float) -> None:
+    x, y = inputs()
+    x[0, 0, 0, 0] = value
+    with pytest.raises(ValueError, match=r"bounds.*raw"):
+        call(name, tiny_model(), x, y)
+
+
+def test_empty_batch(name: str) -> None:
+    with pytest.raises(ValueError, match="empty batch"):
+        call(name, tiny_model(), torch.zeros(0, 1, 6, 6), torch.zeros(0, dtype=torch.long))
+
+
+@pytest.mark.parametrize("x", [[[0.5] * 36], None, "images"])
+def test_non_tensor_x(name: str, x: Any) -> None:
+    with pytest.raises(TypeError, match=r"x must be a torch\.Tensor"):
+        call(name, tiny_model(), x, torch.zeros(1, dtype=torch.long))
+
+
+def test_integer_x(name: str) -> None:
+    with pytest.raises(TypeError, match="floating-point"):
+        call(name, tiny_model(), torch.zeros(2, 1, 6, 6, dtype=torch.uint8), torch.zeros(2, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- labels
+
+
+@pytest.mark.parametrize("bad", [NUM_CLASSES, -1])
+def test_labels_out_of_range(name: str, bad: int) -> None:
+    x, y = inputs()
+    y[1] = bad
+    model = tiny_model()
+    model.train()
+    with pytest.raises(ValueError, match=rf"class indices in \[0, {NUM_CLASSES - 1}\]"):
+        call(name, model, x, y)
+    assert model.training  # restored even when the attack fails part-way
+
+
+@pytest.mark.parametrize("shape", [(3, 1), (2,), (4,), ()])
+def test_labels_of_wrong_shape(name: str, shape: tuple[int, ...]) -> None:
+    x, _ = inputs(3)
+    with pytest.raises(ValueError, match=r"y must have shape \(3,\)"):
+        call(name, tiny_model(), x, torch.zeros(shape, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool])
+def test_non_integer_labels(name: str, dtype: torch.dtype) -> None:
+    x, y = inputs()
+    with pytest.raises(TypeError, match="integer class indices"):
+        call(name, tiny_model(), x, y.to(dtype))
+
+
+def test_labels_not_a_tensor(name: str) -> None:
+    x, y = inputs()
+    with pytest.raises(TypeError, match=r"y must be a torch\.Tensor"):
+        call(name, tiny_model(), x, y.tolist())
+
+
+def test_target_equal_to_true_label(name: str) -> None:
+    spec = attack_spec(name)
+    if not spec.targeted or "true_labels" not in inspect.signature(spec.fn).parameters:
+        pytest.skip(f"{name} takes no user targets")
+    x, y = inputs()
+    targets = (y + 1) % NUM_CLASSES
+    targets[2] = y[2]
+    with pytest.raises(ValueError, match=r"target of example 2 equals its true label"):
+        call(name, tiny_model(), x, targets, targeted=True, true_labels=y)
+
+
+def test_true_labels_out_of_range(name: str) -> None:
+    spec = attack_spec(name)
+    if not spec.targeted or "true_labels" not in inspect.signature(spec.fn).parameters:
+        pytest.skip(f"{name} takes no user targets")
+    x, y = inputs()
+    with pytest.raises(ValueError, match=r"true_labels must be class indices"):
+        call(name, tiny_model(), x, (y + 1) % NUM_CLASSES, targeted=True, true_labels=y + NUM_CLASSES)
+
+
+# ---------------------------------------------------------------- budgets, norms, model, options
+
+
+@pytest.mark.parametrize("eps", [-0.1, [0.1, -1e-3], math.nan, math.inf])
+def test_bad_eps(name: str, eps: Any) -> None:
+    x, y = inputs()
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        call(name, tiny_model(), x, y, eps=eps)
+
+
+def test_empty_eps_list(name: str) -> None:
+    x, y = inputs()
+    with pytest.raises(ValueError, match="eps is empty"):
+        call(name, tiny_model(), x, y, eps=[])
+
+
+@pytest.mark.parametrize("eps", ["0.1", None, True])
+def test_eps_of_wrong_type(name: str, eps: Any) -> None:
+    x, y = inputs()
+    with pytest.raises(TypeError, match="eps"):
+        call(name, tiny_model(), x, y, eps=eps)
+
+
+@pytest.mark.parametrize("norm", ["l3", "L2", "inf", ""])
+def test_unknown_norm(name: str, norm: str) -> None:
+    x, y = inputs()
+    with pytest.raises(ValueError, match=rf"unknown norm '{norm}'; expected one of"):
+        call(name, tiny_model(), x, y, norm=norm)
+
+
+def test_unsupported_norm_names_the_supported_ones(name: str) -> None:
+    spec = attack_spec(name)
+    missing = [n for n in ("linf", "l2", "l1") if n not in spec.norms]
+    if not missing:
+        pytest.skip(f"{name} supports every norm")
+    x, y = inputs()
+    with pytest.raises(ValueError, match=rf"unknown norm '{missing[0]}'; expected one of {', '.join(spec.norms)}"):
+        call(name, tiny_model(), x, y, norm=missing[0])
+
+
+def test_model_returning_probabilities(name: str) -> None:
+    x, y = inputs()
+    with pytest.raises(ValueError, match=r"probabilities.*logits"):
+        call(name, tiny_model(softmax=True), x, y)
+
+
+@pytest.mark.parametrize("batch_size", [0, -2, 1.5])
+def test_bad_batch_size(name: str, batch_size: Any) -> None:
+    x, y = inputs()
+    with pytest.raises(ValueError, match="batch_size"):
+        call(name, tiny_model(), x, y, batch_size=batch_size)
+
+
+def test_bad_generator(name: str) -> None:
+    x, y = inputs()
+    with pytest.raises(TypeError, match=r"generator must be a torch\.Generator"):
+        call(name, tiny_model(), x, y, generator=42)
+
+
+@pytest.mark.parametrize("steps", [0, -1, 2.5])
+def test_bad_steps(name: str, steps: Any) -> None:
+    if "steps" not in inspect.signature(get_attack(name)).parameters:
+        pytest.skip(f"{name} has no steps")
+    x, y = inputs()
+    with pytest.raises(ValueError, match="steps must be an integer"):
+        call(name, tiny_model(), x, y, steps=steps)
+
+
+@pytest.mark.parametrize("step_size", [0.0, -0.1, math.nan])
+def test_bad_step_size(name: str, step_size: float) -> None:
+    if "step_size" not in inspect.signature(get_attack(name)).parameters:
+        pytest.skip(f"{name} has no step_size")
+    x, y = inputs()
+    with pytest.raises(ValueError, match="step_size must be"):
+        call(name, tiny_model(), x, y, step_size=step_size)
+
+
+def test_unknown_loss(name: str) -> None:
+    if "loss" not in inspect.signature(get_attack(name)).parameters:
+        pytest.skip(f"{name} has no loss option")
+    x, y = inputs()
+    with pytest.raises(ValueError, match=r"unknown loss 'hinge'; expected one of ce"):
+        call(name, tiny_model(), x, y, loss="hinge")
+
+
+# ---------------------------------------------------------------- attack-specific options
+
+
+def test_pgd_options() -> None:
+    x, y = inputs()
+    model = tiny_model()
+    with pytest.raises(ValueError, match="restarts must be an integer"):
+        pgd(model, x, y, eps=0.1, restarts=0)
+    with pytest.raises(ValueError, match="random_start=True"):
+        pgd(model, x, y, eps=0.1, restarts=3, random_start=False)
+    with pytest.raises(ValueError, match=r"l1_sparsity must be a number in \[0, 1\)"):
+        pgd(model, x, y, eps=1.0, norm="l1", l1_sparsity=1.0)
+    with pytest.raises(TypeError, match="random_start must be a bool"):
+        pgd(model, x, y, eps=0.1, random_start="yes")  # type: ignore[arg-type]
+
+
+def test_bim_and_mifgsm_options() -> None:
+    x, y = inputs()
+    model = tiny_model()
+    with pytest.raises(ValueError, match="decay must be >= 0"):
+        mifgsm(model, x, y, eps=0.1, decay=-1.0)
+    with pytest.raises(ValueError, match="unknown norm 'l1'"):
+        mifgsm(model, x, y, eps=0.1, norm="l1")
+    with pytest.raises(ValueError, match="steps must be an integer"):
+        bim(model, x, y, eps=0.1, steps=0)
+
+
+def test_rfgsm_alpha_must_fit_in_the_ball() -> None:
+    x, y = inputs()
+    with pytest.raises(ValueError, match=r"alpha=0\.2 exceeds the budget eps=0\.1"):
+        rfgsm(tiny_model(), x, y, eps=[0.0, 0.3, 0.1], alpha=0.2)
+    with pytest.raises(ValueError, match="alpha must be >= 0"):
+        rfgsm(tiny_model(), x, y, eps=0.3, alpha=-0.1)
+
+
+def test_illc_chooses_its_own_targets() -> None:
+    x, y = inputs()
+    with pytest.raises(ValueError, match=r"illc chooses its own targets.*bim\(\.\.\., targeted=True\)"):
+        illc(tiny_model(), x, y, eps=0.1, targeted=True)
