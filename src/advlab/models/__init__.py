@@ -1,0 +1,37 @@
+"""Models: the registry (``create_model``, ``list_models``, ``register_model``), the zoo, the
+:class:`Classifier` wrapper and safetensors checkpoints.
+
+Example:
+    >>> import torch
+    >>> from advlab.models import create_model
+    >>> model = create_model("cnn-small", in_shape=(1, 28, 28), num_classes=10)
+    >>> model(torch.rand(2, 1, 28, 28)).shape
+    torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+from advlab.models import zoo as zoo  # registers the built-in models
+from advlab.models.checkpoint import load_checkpoint, load_checkpoint_metadata, model_hash, save_checkpoint
+from advlab.models.classifier import Classifier, unchecked_inputs
+from advlab.models.factory import MODELS, create_model, list_models, register_model, reset_parameters
+from advlab.models.layers import BasicBlock, Maxout, RBFLayer, init_from_data, init_rbf_centers
+
+__all__ = [
+    "MODELS",
+    "BasicBlock",
+    "Classifier",
+    "Maxout",
+    "RBFLayer",
+    "create_model",
+    "init_from_data",
+    "init_rbf_centers",
+    "list_models",
+    "load_checkpoint",
+    "load_checkpoint_metadata",
+    "model_hash",
+    "register_model",
+    "reset_parameters",
+    "save_checkpoint",
+    "unchecked_inputs",
+]
