@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -348,3 +351,90 @@ def test_get_recipe_overrides_and_rejects_unknown_fields() -> None:
         get_recipe("cnn-small", epoch=3)
     kwargs = base.fit_kwargs()
     assert set(kwargs) <= set(fit.__code__.co_varnames)
+
+
+def test_prepare_model_places_rbf_centres_on_data() -> None:
+    from advlab.models import create_model
+    from advlab.train import prepare_model
+
+    x = torch.rand(200, 1, 8, 8)
+    model = create_model("rbf", in_shape=(1, 8, 8), num_classes=10, num_centers=8)
+    centres_before = [p.detach().clone() for p in model.parameters()]
+    assert prepare_model(model, x, generator=torch.Generator().manual_seed(0))
+    assert not all(torch.equal(a, b) for a, b in zip(centres_before, model.parameters(), strict=True))
+    assert not prepare_model(create_model("softmax", in_shape=(1, 8, 8), num_classes=10), x)
+
+
+def test_every_registered_model_has_a_recipe() -> None:
+    from advlab.models import list_models
+    from advlab.train import RECIPES
+
+    assert set(list_models()) <= set(RECIPES)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _invoke(args: list[str]) -> Any:
+    from click.testing import CliRunner
+
+    from advlab.cli.main import cli
+
+    return CliRunner().invoke(cli, args)
+
+
+def test_cli_train_writes_checkpoint_and_reproducible_summary(tmp_path: Path) -> None:
+    from advlab.data import load_dataset
+    from advlab.models import load_checkpoint
+
+    out = tmp_path / "ck"
+    args = ["train", "--model", "softmax", "--data", "digits", "--epochs", "2", "--n-train", "400",
+            "--no-progress", "--device", "cpu", "--seed", "3"]
+    result = _invoke([*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (out / "model.safetensors").is_file() and (out / "model.json").is_file()
+    assert summary["model"] == "softmax" and summary["data"] == "digits" and summary["epochs"] == 2
+    assert summary["n_train"] == 400 and summary["seed"] == 3 and summary["device"] == "cpu"
+    assert Path(summary["checkpoint"]) == out
+    for key in ("train_accuracy", "test_accuracy"):
+        assert 0.0 <= summary[key] <= 1.0
+    assert summary["test_accuracy"] > 0.5  # softmax regression learns digits quickly
+    assert summary["seconds"] > 0 and summary["seconds_per_epoch"] > 0
+    # The checkpoint reproduces the reported test accuracy and records it.
+    model = load_checkpoint(out)
+    x_test, y_test = load_dataset("digits", "test")
+    assert evaluate_accuracy(model, x_test, y_test) == summary["test_accuracy"]
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["metrics"]["test_accuracy"] == summary["test_accuracy"]
+    assert meta["seed"] == 3 and meta["dataset"] == "digits"
+    # Same seed -> same numbers.
+    again = json.loads(_invoke([*args, "--out", str(tmp_path / "ck2")]).stdout)
+    assert again["test_accuracy"] == summary["test_accuracy"] and again["loss"] == summary["loss"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "no-such-net"], "unknown model 'no-such-net'"),
+    (["--data", "no-such-data"], "unknown dataset 'no-such-data'"),
+    (["--data", "mnist", "--data-root", "/nonexistent/advlab-data"], "advlab data fetch mnist"),
+])
+def test_cli_train_errors_are_clean(tmp_path: Path, args: list[str], message: str) -> None:
+    result = _invoke(["train", *args, "--out", str(tmp_path / "ck"), "--no-progress", "--device", "cpu"])
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(error_lines) == 1 and message in error_lines[0]
+    assert not (tmp_path / "ck").exists()
+
+
+def test_cnn_small_on_digits_reaches_97_percent_quickly(tmp_path: Path) -> None:
+    """The demo recipe: >= 97% test accuracy on the bundled digits in well under 30 s."""
+    result = _invoke(["demo", "--out", str(tmp_path / "demo"), "--no-progress", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    human, _, payload = result.stdout.partition("\n")
+    summary = json.loads(payload)
+    assert "test accuracy" in human and summary["model"] == "cnn-small" and summary["data"] == "digits"
+    assert summary["test_accuracy"] >= 0.97
+    assert summary["seconds"] < 30
+    assert (tmp_path / "demo" / "model.json").is_file()

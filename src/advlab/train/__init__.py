@@ -18,7 +18,7 @@ from __future__ import annotations
 from advlab.train.callbacks import Callback, ProgressBar, TrainState
 from advlab.train.loop import EpochRecord, TrainHistory, evaluate_accuracy, fit
 from advlab.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_scheduler
-from advlab.train.recipes import DEFAULT_RECIPE, OVERRIDES, RECIPES, Recipe, get_recipe
+from advlab.train.recipes import DEFAULT_RECIPE, OVERRIDES, RECIPES, Recipe, get_recipe, prepare_model
 from advlab.train.steps import StepContext, StepFn, StepOutput, standard_step
 
 __all__ = [
@@ -41,5 +41,6 @@ __all__ = [
     "get_recipe",
     "make_optimizer",
     "make_scheduler",
+    "prepare_model",
     "standard_step",
 ]

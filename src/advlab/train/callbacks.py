@@ -78,26 +78,38 @@ class Callback:
 
 
 class ProgressBar(Callback):
-    """A tqdm bar per epoch on stderr showing the running loss and train accuracy.
+    """tqdm progress on stderr showing the running loss and train accuracy.
 
     Args:
+        per_epoch: one bar per epoch (default, kept on screen), or a single bar for the whole run.
         every: refresh the numbers every this many batches (the bar itself advances every batch).
     """
 
-    def __init__(self, every: int = 10) -> None:
+    def __init__(self, per_epoch: bool = True, every: int = 10) -> None:
+        self.per_epoch = per_epoch
         self.every = max(1, int(every))
         self._bar: Any = None
 
-    def on_epoch_start(self, state: TrainState) -> None:
+    def _open(self, total: int, desc: str) -> None:
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(
-            total=state.steps_per_epoch,
-            desc=f"epoch {state.epoch + 1}/{state.epochs}",
-            file=sys.stderr,
-            leave=True,
-            dynamic_ncols=True,
-        )
+        self._bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=True, dynamic_ncols=True)
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def on_fit_start(self, state: TrainState) -> None:
+        if not self.per_epoch:
+            self._open(state.epochs * state.steps_per_epoch, "training")
+
+    def on_epoch_start(self, state: TrainState) -> None:
+        desc = f"epoch {state.epoch + 1}/{state.epochs}"
+        if self.per_epoch:
+            self._open(state.steps_per_epoch, desc)
+        elif self._bar is not None:
+            self._bar.set_description(desc, refresh=False)
 
     def on_batch_end(self, state: TrainState) -> None:
         if self._bar is None:
@@ -109,14 +121,12 @@ class ProgressBar(Callback):
     def on_epoch_end(self, state: TrainState) -> None:
         if self._bar is None:
             return
-        self._bar.set_postfix(_postfix(state.metrics), refresh=False)
-        self._bar.close()
-        self._bar = None
+        self._bar.set_postfix(_postfix(state.metrics), refresh=self.per_epoch)
+        if self.per_epoch:
+            self._close()
 
     def on_fit_end(self, state: TrainState) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self._close()
 
 
 def _postfix(metrics: dict[str, float]) -> dict[str, str]:
