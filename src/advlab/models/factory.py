@@ -162,12 +162,13 @@ def build_net(
             f"model {name!r} got unknown hyper-parameter(s) {unknown}; accepted hyper-parameters: {accepted}"
         )
     full = {**defaults, **hparams}
-    config: dict[str, Any] = {"in_shape": list(shape), "num_classes": k}
-    config.update(to_json_value(dict(full), f"hyper-parameters of model {name!r}"))
     try:
         net = factory(shape, k, **full)
     except TypeError as err:
         raise ValueError(f"model {name!r} rejected its hyper-parameters {dict(hparams)!r}: {err}") from err
+    config: dict[str, Any] = {"in_shape": list(shape), "num_classes": k}
+    for key, value in full.items():
+        config[key] = to_json_value(value, f"hyper-parameter {key!r} of model {name!r}")
     if not isinstance(net, nn.Module):
         raise TypeError(f"model factory {name!r} returned {type(net).__name__}, expected an nn.Module")
     return net, config
