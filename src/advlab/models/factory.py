@@ -244,7 +244,7 @@ def create_model(
         >>> model(torch.rand(4, 1, 8, 8)).shape
         torch.Size([4, 10])
         >>> model.model_config
-        {'in_shape': [1, 8, 8], 'num_classes': 10, 'dropout': 0.0, 'hidden': [32]}
+        {'in_shape': [1, 8, 8], 'num_classes': 10, 'hidden': [32], 'dropout': 0.0}
     """
     MODELS.get(name)  # unknown names fail first, listing the valid ones
     if not isinstance(normalize, bool):
