@@ -289,13 +289,14 @@ def lenet5(
     pad2 = 0 if min(h1, w1) >= 10 else 2
     h2, w2 = h1 + 2 * pad2 - 4, w1 + 2 * pad2 - 4
     pool2, (h2, w2) = _pool_if_possible(pool_kind, (h2, w2))
-    features = nn.Sequential(
-        nn.Conv2d(c, 6, 5, padding=pad1), act(), pool1, nn.Conv2d(6, 16, 5, padding=pad2), act(), pool2
-    )
-    if h2 < 1 or w2 < 1:
-        raise ValueError(f"lenet5 cannot handle inputs of shape {in_shape}; use at least 1x1 after padding")
+    # 5x5 convs with padding 2 keep the size, so every side stays >= 1 for any input
     return nn.Sequential(
-        *features,
+        nn.Conv2d(c, 6, 5, padding=pad1),
+        act(),
+        pool1,
+        nn.Conv2d(6, 16, 5, padding=pad2),
+        act(),
+        pool2,
         nn.Flatten(),
         nn.Linear(16 * h2 * w2, 120),
         act(),
