@@ -26,9 +26,11 @@ from advlab.attacks.bim import iterate, steepest
 from advlab.attacks.losses import LOSSES
 from advlab.threat import LpBall, check_norm
 
-# Restarts are replicated into one batch of at most this many examples (or one restart at a time for larger
-# chunks); lower ``batch_size`` to bound memory.
-REPLICA_LIMIT = 2048
+# Restarts are replicated into one batch of at most this many examples per device type (or run one at a time
+# for larger chunks, rerunning only the examples not yet broken). A CPU is saturated by a few hundred examples
+# and slows down beyond them (the activations leave the cache); a GPU gains from large batches. Lower
+# ``batch_size`` to bound memory.
+REPLICA_LIMIT: dict[str, int] = {"cpu": 256, "cuda": 2048}
 
 
 @dataclass(frozen=True)
@@ -60,19 +62,25 @@ class PGDConfig:
 
 
 def _pgd_kernel(config: PGDConfig, norm: str) -> Kernel:
-    def run(ctx: AttackContext, x: Tensor, y: Tensor, eps: float, final_check: bool) -> tuple[Tensor, ...]:
+    def run(ctx: AttackContext, x: Tensor, y: Tensor, eps: float, replicas: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``replicas`` restarts of every example in one batch (``replicas * N`` rows, restart-major)."""
         ball = LpBall(norm, eps)
-        start = ctx.clip(x + ball.random_init(x, ctx.generator)) if config.random_start else x
+        xr = x.repeat(replicas, *([1] * (x.ndim - 1))) if replicas > 1 else x
+        start = xr
+        if config.random_start:  # one draw per replica, so restart 0 starts where a single run would
+            delta = torch.cat([ball.random_init(x, ctx.generator) for _ in range(replicas)])
+            start = ctx.clip(xr + delta)
         alpha = config.step_size if config.step_size is not None else 2.5 * eps / config.steps
         step = steepest(ball, alpha, ctx.bounds, config.l1_sparsity)
-        return iterate(ctx, x, y, start, ball=ball, steps=config.steps, step=step, loss=config.loss,
-                       final_check=final_check)
+        return iterate(ctx, xr, y.repeat(replicas), start, ball=ball, steps=config.steps, step=step,
+                       loss=config.loss, final_check=config.restarts > 1)
 
     def kernel(ctx: AttackContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
         if config.restarts == 1:
-            return run(ctx, x, y, eps, False)[0]
+            return run(ctx, x, y, eps, 1)[0]
         n, r = x.shape[0], config.restarts
-        group = max(1, min(r, REPLICA_LIMIT // n))
+        view = (-1, *([1] * (x.ndim - 1)))
+        group = max(1, min(r, REPLICA_LIMIT.get(x.device.type, 1024) // n))
         out, done = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
         best_value = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
         for first in range(0, r, group):
@@ -81,15 +89,14 @@ def _pgd_kernel(config: PGDConfig, norm: str) -> Kernel:
             m = idx.numel()
             if m == 0:
                 break
-            xs, ys = x[idx], y[idx]
-            x_adv, success, value = run(ctx, xs.repeat(k, *([1] * (x.ndim - 1))), ys.repeat(k), eps, True)
+            x_adv, success, value = run(ctx, x[idx], y[idx], eps, k)
             x_adv, success, value = x_adv.view(k, m, *x.shape[1:]), success.view(k, m), value.view(k, m)
             # per example: the first successful restart, else the one with the highest final loss
             pick = torch.where(success.any(0), success.to(torch.uint8).argmax(0), value.argmax(0))
             cols = torch.arange(m, device=x.device)
             hit, val = success[pick, cols], value[pick, cols]
             better = hit | (val > best_value[idx])
-            out[idx] = torch.where(better.view(-1, *([1] * (x.ndim - 1))), x_adv[pick, cols], out[idx])
+            out[idx] = torch.where(better.view(view), x_adv[pick, cols], out[idx])
             best_value[idx] = torch.where(better, val, best_value[idx])
             done[idx] = hit
         return out
@@ -131,7 +138,8 @@ def pgd(
             (targets when ``targeted``). eps: budget or list of budgets, raw input units. norm: ``linf``
             (default), ``l2`` or ``l1``. steps: iterations (default 40, Madry et al.'s MNIST setting).
             step_size: ``α``; ``None`` is ``2.5 * eps / steps``. restarts: random restarts (default 1), batched
-            by replicating the chunk (up to ``REPLICA_LIMIT`` examples per pass). random_start: start
+            by replicating the chunk up to ``REPLICA_LIMIT[device type]`` examples per pass (CPU 256,
+            CUDA 2048). random_start: start
             uniformly in the ball (default ``True``). loss: ``ce`` (default), ``margin`` (C&W) or ``dlr``.
             l1_sparsity: for L1, the quantile of ``|grad|`` below which coordinates do not move (default
             0.95). generator: random starts; same seed, same result. batch_size: chunk size. true_labels:
