@@ -1,0 +1,103 @@
+"""Minimum-norm attacks (DeepFool, C&W L2) and the C&W margin-loss L∞ attack: closed forms on linear models,
+budgets filled from one run, and behaviour on a small trained MNIST CNN."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from advlab.attacks import cw, deepfool
+from advlab.models.classifier import Classifier
+
+
+def _linear_binary(
+    d: int = 20, bounds: tuple[float, float] = (-100.0, 100.0), seed: int = 0
+) -> tuple[Classifier, torch.Tensor, float]:
+    """A 2-logit model with ``z1 - z0 = w.x + b``; returns (model, w, b)."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, generator=g)
+    b = 0.3
+    lin = nn.Linear(d, 2)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
+        lin.weight[1] = w
+        lin.bias[1] = b
+    return Classifier(nn.Sequential(nn.Flatten(), lin), bounds=bounds), w, b
+
+
+def _points(model: Classifier, n: int, d: int, scale: float, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(n, 1, 1, d, generator=g) * 2 - 1) * scale
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)
+    return x, y
+
+
+@pytest.mark.parametrize(("norm", "dual"), [("l2", 2.0), ("linf", 1.0)])
+def test_deepfool_linear_binary_closed_form(norm: str, dual: float) -> None:
+    model, w, b = _linear_binary()
+    x, y = _points(model, 32, 20, 3.0)
+    overshoot = 1e-4
+    r = deepfool(model, x, y, eps=1e3, norm=norm, overshoot=overshoot)
+    distance = (x.flatten(1) @ w + b).abs() / w.norm(p=dual)
+    assert bool(r.success.all())
+    torch.testing.assert_close(r.norms[0], distance * (1 + overshoot), rtol=1e-3, atol=1e-5)
+    # One linearisation step lands on the boundary of a linear model: one backward per example.
+    assert r.n_backward == x.shape[0]
+
+
+def test_deepfool_budgets_from_one_run() -> None:
+    model, _, _ = _linear_binary(d=10, seed=3)
+    x, y = _points(model, 64, 10, 3.0, seed=4)
+    budgets = [0.5, 1.0, 2.0, 5.0]
+    many = deepfool(model, x, y, eps=budgets)
+    one = deepfool(model, x, y, eps=5.0)
+    assert many.n_backward == one.n_backward
+    assert bool((many.norms <= torch.tensor(budgets)[:, None] * (1 + 1e-5)).all())
+    rates = many.success_rate
+    assert bool((rates[1:] >= rates[:-1]).all()) and rates[0] < rates[-1]
+    assert torch.equal(many.success[-1], one.success[0])
+
+
+def test_deepfool_is_untargeted_only() -> None:
+    model, _, _ = _linear_binary()
+    x, y = _points(model, 4, 20, 1.0)
+    with pytest.raises(ValueError, match="untargeted"):
+        deepfool(model, x, y, eps=1.0, targeted=True)
+
+
+def test_cw_l2_linear_binary_near_optimum() -> None:
+    # Inputs in [0, 1] around a boundary through the middle of the box, so the optimum lies inside the box.
+    d = 20
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(d, generator=g)
+    lin = nn.Linear(d, 2)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
+        lin.weight[1] = w
+        lin.bias[1] = -0.5 * w.sum()
+    model = Classifier(nn.Sequential(nn.Flatten(), lin))
+    x = 0.5 + (torch.rand(32, 1, 1, d, generator=g) * 2 - 1) * 0.15
+    y = model(x).argmax(dim=1)
+    f = (x.flatten(1) - 0.5) @ w
+    optimum = f.abs() / w.norm()
+    nearest = x.flatten(1) - (f / w.norm() ** 2)[:, None] * w
+    assert bool(((nearest >= 0) & (nearest <= 1)).all())
+    r = cw(model, x, y, eps=10.0)
+    assert bool(r.success.all())
+    ratio = r.norms[0] / optimum
+    assert bool((ratio >= 1 - 1e-4).all())  # nothing adversarial is closer than the boundary
+    assert float(ratio.median()) < 1.06
+    assert float(ratio.max()) < 1.25
+
+
+def test_cw_rejects_bad_hyperparameters() -> None:
+    model, _, _ = _linear_binary()
+    x, y = _points(model, 4, 20, 1.0)
+    with pytest.raises(ValueError, match="binary_search_steps"):
+        cw(model, x, y, eps=1.0, binary_search_steps=0)
+    with pytest.raises(ValueError, match="confidence"):
+        cw(model, x, y, eps=1.0, confidence=-1.0)
