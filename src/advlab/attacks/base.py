@@ -110,6 +110,9 @@ class AttackContext:
         self.targeted = targeted
         self.n_forward = 0
         self.n_backward = 0
+        # The current chunk's ``true_labels`` (None when not given), for kernels whose targeted objective
+        # needs both the target and the true class (e.g. targeted DLR).
+        self.true_labels: Tensor | None = None
 
     def logits(self, x: Tensor) -> Tensor:
         """Forward pass without gradient tracking (counted)."""
@@ -308,6 +311,7 @@ def run_attack(
                 if ctx is None:
                     ctx = AttackContext(model, bounds, logits.shape[1], generator, targeted)
                 ctx.n_forward += xb.shape[0]
+                ctx.true_labels = None if true_labels is None else true_labels[start : start + chunk]
                 clean_logits.append(logits)
                 if min_norm:
                     found = kernel(ctx, xb, yb, max(budgets))
