@@ -91,7 +91,7 @@ class LpBall:
     Example:
         >>> import torch
         >>> ball = LpBall("l2", 1.0)
-        >>> ball.distance(torch.zeros(1, 3), ball.project(torch.ones(1, 3) * 5)).item()
+        >>> round(ball.distance(torch.zeros(1, 3), ball.project(torch.ones(1, 3) * 5)).item(), 6)
         1.0
     """
 
