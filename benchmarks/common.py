@@ -1,0 +1,100 @@
+"""Helpers shared by the benchmark scripts: machine description, timing, the benchmark model, tables."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"
+DEFAULT_WORK_DIR = Path(platformdirs.user_cache_dir("advlab")) / "benchmarks"
+
+
+def version_of(dist: str) -> str | None:
+    """Installed version of a distribution, or ``None``."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on: CPU, cores, threads, library versions, date."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            cpu = names[0]
+    except OSError:
+        pass
+    return {
+        "date": _dt.date.today().isoformat(),
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "advlab": version_of("advlab"),
+        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def sync(device: torch.device) -> None:
+    """Waits for queued GPU work so wall-clock timings are honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """``(seconds, fn())``, synchronising the device before and after."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+def benchmark_model(
+    work_dir: Path, data_root: Path, *, checkpoint: Path | None = None, train_size: int = 60_000, epochs: int = 1,
+    seed: int = 0, log: Callable[[str], None] = print,
+) -> tuple[torch.nn.Module, Path]:
+    """The ``cnn-small`` MNIST model of the benchmarks: ``checkpoint`` when given, else trained once (first
+    ``train_size`` training images, ``epochs`` epochs, Adam 1e-3, batch 128) and cached in ``work_dir``."""
+    from advlab.data import load_dataset
+    from advlab.models import create_model, load_checkpoint, save_checkpoint
+    from advlab.train import evaluate_accuracy, fit
+
+    if checkpoint is not None:
+        return load_checkpoint(checkpoint), checkpoint
+    path = work_dir / f"mnist-cnn-small-{train_size}-{epochs}ep-seed{seed}"
+    if (path / "model.json").exists():
+        return load_checkpoint(path), path
+    log(f"training cnn-small on {train_size} MNIST images for {epochs} epoch(s); cached in {path}")
+    x, y = load_dataset("mnist", "train", root=data_root)
+    model = create_model("cnn-small", dataset="mnist", generator=torch.Generator().manual_seed(seed))
+    t0 = time.perf_counter()
+    fit(model, x[:train_size], y[:train_size], epochs=epochs, batch_size=128, lr=1e-3, seed=seed)
+    model.eval()
+    acc = evaluate_accuracy(model, *load_dataset("mnist", "test", root=data_root))
+    log(f"trained in {time.perf_counter() - t0:.0f} s, test accuracy {acc:.4f}")
+    save_checkpoint(model, path, dataset="mnist", seed=seed, metrics={"test_accuracy": acc},
+                    extra={"train_size": train_size, "epochs": epochs, "lr": 1e-3, "batch_size": 128})
+    return load_checkpoint(path), path
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
