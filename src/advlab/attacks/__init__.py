@@ -6,6 +6,7 @@ Every registered attack is also an attribute of this module (``advlab.attacks.pg
 
 from __future__ import annotations
 
+from advlab.attacks.apgd import apgd
 from advlab.attacks.base import (
     ATTACKS,
     AttackContext,
@@ -18,7 +19,10 @@ from advlab.attacks.base import (
     run_attack,
 )
 from advlab.attacks.bim import bim, illc
+from advlab.attacks.cw import cw, cw_linf
+from advlab.attacks.deepfool import deepfool
 from advlab.attacks.fgsm import fgm, fgsm
+from advlab.attacks.jsma import jsma
 from advlab.attacks.mifgsm import mifgsm
 from advlab.attacks.pgd import pgd
 from advlab.attacks.rfgsm import rfgsm
@@ -28,12 +32,17 @@ __all__ = [
     "AttackContext",
     "AttackResult",
     "AttackSpec",
+    "apgd",
     "attack_spec",
     "bim",
+    "cw",
+    "cw_linf",
+    "deepfool",
     "fgm",
     "fgsm",
     "get_attack",
     "illc",
+    "jsma",
     "list_attacks",
     "mifgsm",
     "pgd",

@@ -1,0 +1,195 @@
+"""Auto-PGD (APGD): projected gradient ascent with momentum and a budget-aware, parameter-free step size.
+
+Reference: Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse
+parameter-free attacks", ICML 2020.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from advlab.attacks.base import (
+    AttackContext,
+    AttackResult,
+    Kernel,
+    check_positive_float,
+    check_positive_int,
+    register_attack,
+    run_attack,
+)
+from advlab.attacks.losses import LOSSES, dlr_objective, objective
+from advlab.threat import LpBall, is_adversarial
+
+
+@dataclass(frozen=True)
+class APGDConfig:
+    """Hyper-parameters of APGD: iterations, loss, random restarts, momentum and the halving threshold."""
+
+    steps: int = 100
+    loss: str = "ce"
+    restarts: int = 1
+    alpha: float = 0.75
+    rho: float = 0.75
+
+    def __post_init__(self) -> None:
+        check_positive_int("steps", self.steps)
+        check_positive_int("restarts", self.restarts)
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")
+        for name in ("alpha", "rho"):
+            value = check_positive_float(name, getattr(self, name))
+            if value > 1:
+                raise ValueError(f"{name} must be in (0, 1], got {value}")
+
+
+def checkpoints(steps: int) -> list[int]:
+    """The iterations ``w_j = ceil(p_j * steps)`` at which APGD may halve its step size.
+
+    ``p_0 = 0``, ``p_1 = 0.22`` and ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``.
+
+    Example:
+        >>> checkpoints(100)
+        [22, 41, 57, 70, 80, 87, 93, 99]
+    """
+    p = [0.0, 0.22]
+    while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) <= 1.0:
+        p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+    return sorted({math.ceil(q * steps - 1e-9) for q in p[1:]} - {0})
+
+
+def _apgd_kernel(config: APGDConfig, norm: str) -> Kernel:
+    def kernel(ctx: AttackContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
+        n, r = x.shape[0], config.restarts
+        ball = LpBall(norm, eps)
+        shape = (n * r, *([1] * (x.ndim - 1)))
+        xr, yr = x.repeat(r, *([1] * (x.ndim - 1))), y.repeat(r)
+        if ctx.targeted and config.loss == "dlr" and ctx.true_labels is not None:
+            if ctx.num_classes < 4:
+                raise ValueError("the targeted DLR loss needs at least 4 classes; use loss='ce' or 'margin'")
+            truth_r = ctx.true_labels.repeat(r)
+
+            def obj(z: Tensor) -> Tensor:
+                return dlr_objective(z, truth_r, True, target_classes=yr)
+        else:
+
+            def obj(z: Tensor) -> Tensor:
+                return objective(config.loss, z, yr, ctx.targeted)
+
+        def project(p: Tensor) -> Tensor:
+            return ctx.clip(xr + ball.project(p - xr))
+
+        def step_dir(g: Tensor) -> Tensor:
+            return ball.steepest_step(g, 1.0)
+
+        cur = project(xr + ball.random_init(xr, ctx.generator))
+        eta = torch.full((n * r,), 2.0 * eps, dtype=x.dtype, device=x.device)
+        f, g, logits = ctx.value_and_grad(cur, obj)
+        f_max, x_max, g_max = f.clone(), cur.clone(), g.clone()
+        found = is_adversarial(logits, yr, ctx.targeted)
+        x_found = cur.clone()
+        prev, f_prev = cur, f
+        count = torch.zeros_like(f)
+        eta_ck, f_max_ck, last = eta.clone(), f_max.clone(), 0
+        marks = set(checkpoints(config.steps))
+        for k in range(1, config.steps):
+            a = config.alpha if k > 1 else 1.0
+            z = project(cur + eta.reshape(shape) * step_dir(g))
+            prev, cur = cur, project(cur + a * (z - cur) + (1 - a) * (cur - prev))
+            f, g, logits = ctx.value_and_grad(cur, obj)
+            adv = is_adversarial(logits, yr, ctx.targeted)
+            x_found = torch.where((adv & ~found).reshape(shape), cur, x_found)
+            found |= adv
+            count += f > f_prev
+            f_prev = f
+            better = f > f_max
+            f_max = torch.where(better, f, f_max)
+            x_max = torch.where(better.reshape(shape), cur, x_max)
+            g_max = torch.where(better.reshape(shape), g, g_max)
+            if k in marks:
+                few_gains = count < config.rho * (k - last)
+                stuck = (eta_ck == eta) & (f_max_ck == f_max)
+                halve = few_gains | stuck
+                eta = torch.where(halve, eta / 2, eta)
+                hm = halve.reshape(shape)
+                cur, prev, g = torch.where(hm, x_max, cur), torch.where(hm, x_max, prev), torch.where(hm, g_max, g)
+                f_prev = torch.where(halve, f_max, f_prev)
+                count.zero_()
+                eta_ck, f_max_ck, last = eta.clone(), f_max.clone(), k
+            if k % 10 == 0 and bool(found.view(r, n).any(dim=0).all()):
+                break  # every example already has an adversarial point in some restart
+        # Per example: an adversarial iterate from any restart, else the highest-loss point over restarts.
+        best = torch.where(found.reshape(shape), x_found, x_max).view(r, n, *x.shape[1:])
+        score = torch.where(found, torch.inf, f_max).view(r, n)
+        pick = score.argmax(dim=0)
+        return best[pick, torch.arange(n, device=x.device)]
+
+    return kernel
+
+
+@register_attack("apgd", norms=("linf", "l2"))
+def apgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float | Sequence[float],
+    norm: str = "linf",
+    steps: int = 100,
+    loss: str = "ce",
+    restarts: int = 1,
+    alpha: float = 0.75,
+    rho: float = 0.75,
+    targeted: bool = False,
+    generator: torch.Generator | None = None,
+    batch_size: int | None = None,
+    true_labels: Tensor | None = None,
+) -> AttackResult:
+    """Auto-PGD (Croce & Hein, ICML 2020): PGD with momentum and a step size that adapts to the budget.
+
+    From a random start in the ball, ``z = Π(x_k + η s(∇f(x_k)))`` and
+    ``x_{k+1} = Π(x_k + α (z - x_k) + (1 - α)(x_k - x_{k-1}))`` (no momentum on the first step), with ``s``
+    the steepest-ascent direction (sign for L∞, normalised gradient for L2) and ``Π`` the projection onto the
+    ball and the bounds. ``η`` starts at ``2 eps`` and is halved at the checkpoints ``w_j = ceil(p_j steps)``
+    (see :func:`checkpoints`) for examples where fewer than ``ρ`` of the steps since the last checkpoint
+    raised the loss, or where neither ``η`` nor the best loss changed since it; such an example restarts from
+    its best point. Restarts are batched (the chunk is replicated ``restarts`` times); each example keeps an
+    adversarial iterate of any restart, else its highest-loss point. The run stops once every example is
+    broken (checked every 10 steps).
+
+    Losses: ``ce`` (cross-entropy), ``dlr`` (difference of logits ratio) or ``margin``. Targeted DLR
+    (``targeted=True``, ``y`` = targets) is ``-(z_y - z_t) / (z_π1 - (z_π3 + z_π4) / 2)`` with the true class
+    from ``true_labels``; without them the best non-target class stands in for it (see
+    :func:`~advlab.attacks.losses.dlr_objective`). The paper's APGD-T (targeted DLR over the top-k classes)
+    is this attack run once per target.
+
+    Threat model: L_p ball of radius ``eps`` (``norm`` in linf, l2) intersected with the model's bounds.
+
+    Args:
+        model: returns logits for inputs within its bounds. x: ``(N, ...)`` inputs. y: ``(N,)`` labels (targets
+            when ``targeted``). eps: budget or list of budgets (raw input units). norm: ``linf`` (default) or
+            ``l2``. steps: gradient evaluations per restart (default 100). loss: ``ce`` (default), ``dlr`` or
+            ``margin``. restarts: random restarts, batched (default 1). alpha: momentum weight (default 0.75).
+            rho: fraction of improving steps below which the step size halves (default 0.75).
+            generator: random starts; same seed, same result. batch_size: chunk size (memory grows with
+            ``restarts * batch_size``). true_labels: true classes of a targeted run (used by targeted DLR).
+
+    Example:
+        >>> import torch, advlab
+        >>> model = advlab.create_model("softmax", in_shape=(1, 8, 8), num_classes=10)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> r = advlab.attacks.apgd(model, torch.rand(4, 1, 8, 8), torch.arange(4), eps=0.1, steps=10,
+        ...                         loss="dlr", generator=g)
+        >>> bool((r.norms <= 0.1 + 1e-6).all())
+        True
+    """
+    config = APGDConfig(steps=steps, loss=loss, restarts=restarts, alpha=alpha, rho=rho)
+    return run_attack(
+        "apgd", model, x, y, eps=eps, norm=norm, kernel=_apgd_kernel(config, norm), config=config,
+        targeted=targeted, generator=generator, batch_size=batch_size, true_labels=true_labels,
+        norms=("linf", "l2"),
+    )

@@ -1,0 +1,180 @@
+"""APGD and JSMA: step-size checkpoints, closed forms on linear models, the pair search against brute force,
+and behaviour on a small trained MNIST CNN."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+from advlab.attacks import apgd, jsma, pgd
+from advlab.models.classifier import Classifier
+from advlab.threat import random_targets
+
+jsma_module = sys.modules["advlab.attacks.jsma"]
+apgd_module = sys.modules["advlab.attacks.apgd"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _linear_binary(d: int = 12, seed: int = 0) -> tuple[Classifier, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, generator=g)
+    lin = nn.Linear(d, 2)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
+        lin.weight[1] = w
+    return Classifier(nn.Sequential(nn.Flatten(), lin), bounds=(-100.0, 100.0)), w
+
+
+# ---------------------------------------------------------------- APGD
+
+
+def test_checkpoints_follow_the_paper() -> None:
+    # p = 0, 0.22, 0.41, 0.57, 0.70, 0.80, 0.87, 0.93, 0.99: w_j = ceil(p_j * steps)
+    assert apgd_module.checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+    marks = apgd_module.checkpoints(1000)
+    gaps = [b - a for a, b in itertools.pairwise([0, *marks])]
+    assert gaps[0] == 220 and min(gaps) >= 60 and gaps == sorted(gaps, reverse=True)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_apgd_linear_model_reaches_the_optimal_corner(norm: str) -> None:
+    """On a linear model the loss is maximised by the steepest step of length eps away from the boundary."""
+    model, w = _linear_binary()
+    g = torch.Generator().manual_seed(1)
+    eps = 0.05 if norm == "linf" else 0.2
+    x = torch.randn(64, 1, 1, 12, generator=g)
+    reach = eps * (w.abs().sum() if norm == "linf" else w.norm())  # the most the margin can move
+    margin = (x.flatten(1) @ w).abs()
+    x = x[(margin > 2 * reach) & (margin < 8)]  # the budget cannot flip them; float32 CE is not flat there
+    y = model(x).argmax(dim=1)
+    assert x.shape[0] >= 16
+    r = apgd(model, x, y, eps=eps, norm=norm, steps=10, generator=torch.Generator().manual_seed(0))
+    toward = torch.where(y == 1, -1.0, 1.0)[:, None] * w  # direction that lowers the true class's margin
+    step = toward.sign() * eps if norm == "linf" else toward / toward.norm(dim=1, keepdim=True) * eps
+    delta = r.x_adv[0].flatten(1) - x.flatten(1)
+    if norm == "linf":
+        torch.testing.assert_close(delta, step, rtol=0, atol=1e-6)
+    else:  # reached along the sphere from a random start: check the gain in margin, within 0.1%
+        gain = (delta * toward).sum(dim=1) / (step * toward).sum(dim=1)
+        assert bool((gain > 0.999).all()) and bool((gain <= 1 + 1e-5).all())
+
+
+def test_apgd_rejects_bad_options() -> None:
+    model, _ = _linear_binary()
+    x = torch.zeros(2, 1, 1, 12)
+    y = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match="rho must be in"):
+        apgd(model, x, y, eps=0.1, rho=1.5)
+    with pytest.raises(ValueError, match="restarts must be an integer"):
+        apgd(model, x, y, eps=0.1, restarts=0)
+    with pytest.raises(ValueError, match="DLR loss needs at least 3 classes"):
+        apgd(model, x, y, eps=0.1, loss="dlr")
+
+
+@pytest.fixture(scope="module")
+def mnist_points(mnist_test: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = mnist_test
+    return x[:200], y[:200]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_apgd_at_least_as_strong_as_pgd(
+    mnist_cnn: nn.Module, mnist_points: tuple[torch.Tensor, torch.Tensor], loss: str
+) -> None:
+    x, y = mnist_points
+    gen = torch.Generator().manual_seed(0)
+    base = pgd(mnist_cnn, x, y, eps=0.1, steps=20, generator=gen)
+    auto = apgd(mnist_cnn, x, y, eps=0.1, steps=20, loss=loss, generator=torch.Generator().manual_seed(0))
+    assert auto.n_backward <= base.n_backward
+    clean = float(auto.clean_correct.float().mean())
+    assert float(auto.robust_accuracy[0]) < clean - 0.05  # the attack does something
+    assert float(auto.robust_accuracy[0]) <= float(base.robust_accuracy[0]) + 0.02
+
+
+@pytest.mark.slow
+def test_targeted_apgd_dlr_reaches_targets(
+    mnist_cnn: nn.Module, mnist_points: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, y = (t[:64] for t in mnist_points)
+    targets = random_targets(y, 10, torch.Generator().manual_seed(1))
+    r = apgd(mnist_cnn, x, targets, eps=0.3, steps=20, loss="dlr", targeted=True, true_labels=y,
+             generator=torch.Generator().manual_seed(0))
+    assert float(r.success_rate[0]) >= 0.85
+    assert bool((r.norms <= 0.3 + 1e-6).all())
+
+
+# ---------------------------------------------------------------- JSMA
+
+
+def test_pair_search_matches_brute_force() -> None:
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 9, generator=g), torch.randn(5, 9, generator=g)
+    domain = torch.rand(5, 9, generator=g) < 0.7
+    p, q, ok = jsma_module._best_pairs(a, b, domain)
+    for i in range(5):
+        best, arg = 0.0, None
+        for s, t in itertools.permutations(range(9), 2):
+            sa, sb = a[i, s] + a[i, t], b[i, s] + b[i, t]
+            if domain[i, s] and domain[i, t] and sa > 0 and sb < 0 and -sa * sb > best:
+                best, arg = float(-sa * sb), {s, t}
+        assert bool(ok[i]) == (arg is not None)
+        if arg is not None:
+            assert {int(p[i]), int(q[i])} == arg
+
+
+def test_jsma_changes_the_most_salient_pair_of_a_linear_model() -> None:
+    """Softmax saliency on a linear model: the first pair is the two largest weights towards the target."""
+    d = 10
+    w = torch.tensor([0.1, 3.0, -2.0, 0.5, 2.5, 0.0, -1.0, 0.2, 0.3, 0.4])
+    lin = nn.Linear(d, 2)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
+        lin.weight[1] = w
+        lin.bias[1] = -2.0  # class 0 at x = 0.2; one pair (features 1 and 4, +0.8 each) flips it
+    model = Classifier(nn.Sequential(nn.Flatten(), lin))
+    x = torch.full((1, 1, 1, d), 0.2)
+    r = jsma(model, x, torch.tensor([1]), eps=1.0, targeted=True, gamma=1.0)
+    changed = (r.x_adv[0] != x).flatten().nonzero().flatten().tolist()
+    assert changed == [1, 4]
+    assert bool(r.success.all()) and float(r.x_adv[0].flatten()[1]) == 1.0
+
+
+def test_jsma_rejects_bad_options() -> None:
+    model, _ = _linear_binary()
+    x, y = torch.zeros(2, 1, 1, 12), torch.tensor([0, 1])
+    for kwargs, match in [({"theta": 0.0}, "theta must be"), ({"gamma": 1.5}, "gamma must be"),
+                          ({"saliency": "hessian"}, "unknown saliency")]:
+        with pytest.raises(ValueError, match=match):
+            jsma(model, x, y, eps=1.0, **kwargs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("saliency", ["probs", "logits"])
+def test_jsma_targeted_on_mnist(
+    mnist_cnn: nn.Module, mnist_points: tuple[torch.Tensor, torch.Tensor], saliency: str
+) -> None:
+    n = 64 if saliency == "probs" else 24  # the logits variant searches all (d, d) pairs: slower
+    x, y = (t[:n] for t in mnist_points)
+    targets = random_targets(y, 10, torch.Generator().manual_seed(2))
+    r = jsma(mnist_cnn, x, targets, eps=1.0, targeted=True, true_labels=y, gamma=0.1, saliency=saliency)
+    changed = (r.x_adv[0] != x).flatten(1).sum(dim=1)
+    assert int(changed.max()) <= int(0.1 * 784)  # the L0 budget
+    assert bool((r.x_adv[0][r.x_adv[0] != x] == 1.0).all())  # theta = 1: changed pixels go to the top
+    # JSMA-F (softmax) is the strong default; JSMA-Z (logits) is weaker on this model.
+    assert float(r.success_rate[0]) >= (0.8 if saliency == "probs" else 0.5)
+    assert float(changed[r.success[0]].float().mean()) < 0.08 * 784
