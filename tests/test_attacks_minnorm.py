@@ -3,12 +3,15 @@ budgets filled from one run, and behaviour on a small trained MNIST CNN."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
 
-from advlab.attacks import cw, deepfool
+from advlab.attacks import cw, cw_linf, deepfool, pgd
 from advlab.models.classifier import Classifier
+from advlab.threat import random_targets
 
 
 def _linear_binary(
@@ -101,3 +104,97 @@ def test_cw_rejects_bad_hyperparameters() -> None:
         cw(model, x, y, eps=1.0, binary_search_steps=0)
     with pytest.raises(ValueError, match="confidence"):
         cw(model, x, y, eps=1.0, confidence=-1.0)
+
+
+def test_cw_confidence_on_linear_model() -> None:
+    """With confidence κ the optimum is the point where the margin reaches κ: distance (|f| + κ) / ||w||."""
+    d, kappa = 20, 1.0
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(d, generator=g)
+    lin = nn.Linear(d, 2)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
+        lin.weight[1] = w
+        lin.bias[1] = -0.5 * w.sum()
+    model = Classifier(nn.Sequential(nn.Flatten(), lin))
+    x = 0.5 + (torch.rand(16, 1, 1, d, generator=g) * 2 - 1) * 0.1
+    y = model(x).argmax(dim=1)
+    optimum = (((x.flatten(1) - 0.5) @ w).abs() + kappa) / w.norm()
+    r = cw(model, x, y, eps=10.0, confidence=kappa)
+    assert bool(r.success.all())
+    with torch.no_grad():
+        logits = model(r.x_adv[0])
+    margin = logits.gather(1, (1 - y)[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
+    assert bool((margin >= kappa - 1e-4).all())
+    ratio = r.norms[0] / optimum
+    assert bool((ratio >= 1 - 1e-4).all()) and float(ratio.median()) < 1.06
+
+
+# ---------------------------------------------------------------- a small trained MNIST CNN
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def mnist_points(mnist_test: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = mnist_test
+    return x[:100], y[:100]
+
+
+@pytest.mark.slow
+def test_deepfool_fills_every_budget_from_one_run_on_mnist(
+    mnist_cnn: nn.Module, mnist_points: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, y = (t[:48] for t in mnist_points)
+    budgets = [0.5, 1.0, 2.0, 5.0]
+    many = deepfool(mnist_cnn, x, y, eps=budgets)
+    one = deepfool(mnist_cnn, x, y, eps=5.0)
+    assert many.n_backward == one.n_backward and many.n_backward > 0
+    assert bool((many.norms <= torch.tensor(budgets)[:, None] * (1 + 1e-5)).all())
+    rates = many.success_rate
+    assert bool((rates[1:] >= rates[:-1]).all())
+    assert float(rates[-1]) >= 0.95 and float(rates[0]) < float(rates[-1])
+    assert float(many.robust_accuracy[0]) <= float(many.clean_correct.float().mean())
+
+
+@pytest.mark.slow
+def test_cw_beats_deepfool_on_mnist(mnist_cnn: nn.Module, mnist_points: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = (t[:32] for t in mnist_points)
+    fool = deepfool(mnist_cnn, x, y, eps=10.0)
+    carlini = cw(mnist_cnn, x, y, eps=10.0, steps=20)  # 5 rounds of 20 steps: a fast setting
+    ok = carlini.success[0] & carlini.clean_correct
+    assert float(ok.sum()) >= 0.95 * float(carlini.clean_correct.sum())
+    both = ok & fool.success[0]
+    assert float(carlini.norms[0][both].median()) < 0.95 * float(fool.norms[0][both].median())
+    assert carlini.n_backward <= 100 * x.shape[0]
+
+
+@pytest.mark.slow
+def test_targeted_cw_reaches_targets_on_mnist(
+    mnist_cnn: nn.Module, mnist_points: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, y = (t[:24] for t in mnist_points)
+    targets = random_targets(y, 10, torch.Generator().manual_seed(3))
+    r = cw(mnist_cnn, x, targets, eps=[1.0, 10.0], steps=20, targeted=True, true_labels=y)
+    assert float(r.success_rate[1]) >= 0.95
+    assert float(r.success_rate[0]) <= float(r.success_rate[1])
+    with torch.no_grad():
+        assert bool((mnist_cnn(r.x_adv[1]).argmax(dim=1) == targets)[r.success[1]].all())
+
+
+@pytest.mark.slow
+def test_cw_linf_on_mnist(mnist_cnn: nn.Module, mnist_points: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = (t[:64] for t in mnist_points)
+    margin = cw_linf(mnist_cnn, x, y, eps=0.15, steps=10, generator=torch.Generator().manual_seed(0))
+    base = pgd(mnist_cnn, x, y, eps=0.15, steps=10, generator=torch.Generator().manual_seed(0))
+    assert bool((margin.norms <= 0.15 + 1e-6).all())
+    acc = float(margin.robust_accuracy[0])
+    assert acc < float(margin.clean_correct.float().mean()) - 0.2
+    assert acc <= float(base.robust_accuracy[0]) + 0.08
