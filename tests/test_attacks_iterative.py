@@ -217,8 +217,13 @@ def test_pgd_and_bim_beat_fgsm_on_mnist(mnist_cnn: nn.Module, mnist_200: tuple[t
 
 @pytest.mark.parametrize(
     ("attack", "kwargs"),
-    [(pgd, {"steps": 10}), (bim, {"steps": 10, "step_size": 0.05}), (mifgsm, {"steps": 10, "step_size": 0.05})],
-    ids=["pgd", "bim", "mifgsm"],
+    [
+        (pgd, {"steps": 10}),
+        (pgd, {"steps": 10, "loss": "dlr"}),
+        (bim, {"steps": 10, "step_size": 0.05}),
+        (mifgsm, {"steps": 10, "step_size": 0.05}),
+    ],
+    ids=["pgd", "pgd-dlr", "bim", "mifgsm"],
 )
 def test_targeted_attacks_reach_random_targets(
     mnist_cnn: nn.Module, mnist_200: tuple[torch.Tensor, torch.Tensor], attack: Any, kwargs: dict[str, Any]

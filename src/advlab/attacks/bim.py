@@ -1,8 +1,7 @@
 """Basic iterative method (BIM / I-FGSM) and the iterative least-likely class method (ILLC).
 
 Reference: Kurakin, Goodfellow & Bengio, "Adversarial examples in the physical world", ICLR workshop 2017
-(arXiv:1607.02533). Also home of :func:`iterate`, the projected steepest-ascent loop shared by BIM, PGD and
-MI-FGSM.
+(arXiv:1607.02533).
 """
 
 from __future__ import annotations
@@ -27,60 +26,10 @@ from advlab.attacks.base import (
     validate_eps,
     validate_inputs,
 )
-from advlab.attacks.losses import LOSSES, objective
+from advlab.attacks.iterative import iterate, steepest
+from advlab.attacks.losses import LOSSES
 from advlab.models.classifier import unchecked_inputs
-from advlab.threat import LpBall, check_norm, is_adversarial, least_likely_targets
-
-StepFn = Callable[[Tensor, Tensor], Tensor]  # (grad, x_t) -> step to add to x_t
-
-
-def iterate(
-    ctx: AttackContext, x: Tensor, y: Tensor, start: Tensor, *, ball: LpBall, steps: int, step: StepFn,
-    loss: str = "ce", final_check: bool = False,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Projected steepest ascent: ``steps`` times ``x_t <- Π(x_t + step(∇ loss(x_t), x_t))``.
-
-    ``Π`` projects onto ``x + ball`` and clips to the model's bounds. Each step's forward pass tells whether
-    its iterate is adversarial; the last such iterate (after the start) is kept, so a later step cannot lose
-    a success. With ``final_check`` one more forward pass evaluates the final iterate.
-
-    Returns ``(x_adv, success, value)``: ``success`` ``(N,)`` is known-adversarial (a lower bound without
-    ``final_check``) and ``value`` the objective at the final iterate (``final_check``) or at the last
-    evaluated one.
-    """
-    lo, hi = ctx.bounds
-    view = (-1, *([1] * (x.ndim - 1)))
-    box: tuple[Tensor, Tensor] | None = None
-    if ball.norm == "linf" and not isinstance(ball.eps, Tensor):
-        box = ((x - ball.eps).clamp_(min=lo), (x + ball.eps).clamp_(max=hi))  # ball ∩ bounds, one clamp per step
-
-    def obj(z: Tensor) -> Tensor:
-        return objective(loss, z, y, ctx.targeted)
-
-    x_t, best = start, start
-    found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    value = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    for t in range(steps):
-        value, grad, logits = ctx.value_and_grad(x_t, obj)
-        if t > 0:
-            adv = is_adversarial(logits, y, ctx.targeted)
-            best = torch.where(adv.view(view), x_t, best)
-            found |= adv
-        x_t = x_t + step(grad, x_t)
-        x_t = torch.clamp(x_t, box[0], box[1]) if box is not None else (x + ball.project(x_t - x)).clamp_(lo, hi)
-    if final_check:
-        logits = ctx.logits(x_t)
-        adv = is_adversarial(logits, y, ctx.targeted)
-        return torch.where((found & ~adv).view(view), best, x_t), found | adv, obj(logits)
-    return torch.where(found.view(view), best, x_t), found, value
-
-
-def steepest(ball: LpBall, step_size: float, bounds: tuple[float, float], l1_sparsity: float = 0.95) -> StepFn:
-    """The steepest-ascent step of L_p length ``step_size`` (see :meth:`LpBall.steepest_step`); L∞ is
-    computed in place on the fresh gradient."""
-    if ball.norm == "linf":
-        return lambda grad, _x: grad.sign_().mul_(step_size)
-    return lambda grad, x_t: ball.steepest_step(grad, step_size, x=x_t, bounds=bounds, l1_sparsity=l1_sparsity)
+from advlab.threat import LpBall, check_norm, least_likely_targets
 
 
 def bim_schedule(eps: float, bounds: tuple[float, float], norm: str) -> tuple[int, float]:
@@ -121,7 +70,8 @@ def _bim_kernel(config: BIMConfig, norm: str) -> Kernel:
         alpha = config.step_size if config.step_size is not None else alpha
         ball = LpBall(norm, eps)
         step = steepest(ball, alpha, ctx.bounds)
-        return iterate(ctx, x, y, x, ball=ball, steps=steps, step=step, loss=config.loss)[0]
+        return iterate(ctx, x, y, x, ball=ball, steps=steps, step=step, loss=config.loss,
+                       true_labels=ctx.true_labels)[0]
 
     return kernel
 

@@ -20,7 +20,7 @@ from advlab.attacks.base import (
     register_attack,
     run_attack,
 )
-from advlab.attacks.bim import StepFn, iterate
+from advlab.attacks.iterative import StepFn, iterate
 from advlab.attacks.losses import LOSSES
 from advlab.threat import LpBall, check_norm, lp_norm
 
@@ -63,7 +63,8 @@ def _mifgsm_kernel(config: MIFGSMConfig, norm: str) -> Kernel:
         alpha = config.step_size if config.step_size is not None else eps / config.steps
         step = momentum_step(x, alpha, config.decay, norm)
         ball = LpBall(norm, eps)
-        return iterate(ctx, x, y, x, ball=ball, steps=config.steps, step=step, loss=config.loss)[0]
+        return iterate(ctx, x, y, x, ball=ball, steps=config.steps, step=step, loss=config.loss,
+                       true_labels=ctx.true_labels)[0]
 
     return kernel
 

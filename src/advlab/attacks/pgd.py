@@ -22,7 +22,7 @@ from advlab.attacks.base import (
     register_attack,
     run_attack,
 )
-from advlab.attacks.bim import iterate, steepest
+from advlab.attacks.iterative import iterate, steepest
 from advlab.attacks.losses import LOSSES
 from advlab.threat import LpBall, check_norm
 
@@ -62,7 +62,9 @@ class PGDConfig:
 
 
 def _pgd_kernel(config: PGDConfig, norm: str) -> Kernel:
-    def run(ctx: AttackContext, x: Tensor, y: Tensor, eps: float, replicas: int) -> tuple[Tensor, Tensor, Tensor]:
+    def run(
+        ctx: AttackContext, x: Tensor, y: Tensor, true: Tensor | None, eps: float, replicas: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """``replicas`` restarts of every example in one batch (``replicas * N`` rows, restart-major)."""
         ball = LpBall(norm, eps)
         xr = x.repeat(replicas, *([1] * (x.ndim - 1))) if replicas > 1 else x
@@ -73,11 +75,12 @@ def _pgd_kernel(config: PGDConfig, norm: str) -> Kernel:
         alpha = config.step_size if config.step_size is not None else 2.5 * eps / config.steps
         step = steepest(ball, alpha, ctx.bounds, config.l1_sparsity)
         return iterate(ctx, xr, y.repeat(replicas), start, ball=ball, steps=config.steps, step=step,
-                       loss=config.loss, final_check=config.restarts > 1)
+                       loss=config.loss, final_check=config.restarts > 1,
+                       true_labels=None if true is None else true.repeat(replicas))
 
     def kernel(ctx: AttackContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
         if config.restarts == 1:
-            return run(ctx, x, y, eps, 1)[0]
+            return run(ctx, x, y, ctx.true_labels, eps, 1)[0]
         n, r = x.shape[0], config.restarts
         view = (-1, *([1] * (x.ndim - 1)))
         group = max(1, min(r, REPLICA_LIMIT.get(x.device.type, 1024) // n))
@@ -89,7 +92,8 @@ def _pgd_kernel(config: PGDConfig, norm: str) -> Kernel:
             m = idx.numel()
             if m == 0:
                 break
-            x_adv, success, value = run(ctx, x[idx], y[idx], eps, k)
+            true = None if ctx.true_labels is None else ctx.true_labels[idx]
+            x_adv, success, value = run(ctx, x[idx], y[idx], true, eps, k)
             x_adv, success, value = x_adv.view(k, m, *x.shape[1:]), success.view(k, m), value.view(k, m)
             # per example: the first successful restart, else the one with the highest final loss
             pick = torch.where(success.any(0), success.to(torch.uint8).argmax(0), value.argmax(0))
