@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import torch
@@ -134,7 +135,7 @@ def _least_likely(
     chunk = chunk or x.shape[0]
     targets = []
     try:
-        with unchecked_inputs(model) if isinstance(model, nn.Module) else _Null():
+        with unchecked_inputs(model) if isinstance(model, nn.Module) else nullcontext():
             for s in range(0, x.shape[0], chunk):
                 xb, yb = x[s : s + chunk].detach(), y[s : s + chunk]
                 with torch.no_grad():
@@ -161,14 +162,6 @@ class _Const:
 
     def __call__(self, _x: Tensor) -> Tensor:
         return self.logits
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *args: object) -> None:
-        return None
 
 
 @register_attack("illc", norms=("linf", "l2", "l1"), targeted=False)
@@ -214,9 +207,7 @@ def illc(
     config = BIMConfig(steps=steps, step_size=step_size, loss=loss)
     norm = check_norm(norm)
     validate_eps(eps)
-    targets = _least_likely(model, x, y, batch_size)
-    if bool((targets == y.to(targets.device)).any()):  # only possible with fewer than 2 classes
-        raise ValueError("the least-likely class equals the true label; the model needs at least 2 classes")
+    targets = _least_likely(model, x, y, batch_size)  # never the true class, which the engine re-checks
     result = run_attack(
         "illc", model, x, targets, eps=eps, norm=norm, kernel=_bim_kernel(config, norm), config=config,
         targeted=True, generator=generator, batch_size=batch_size, true_labels=y,
