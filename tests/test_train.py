@@ -6,6 +6,7 @@ import copy
 import itertools
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,16 @@ from advlab.train import (
 from advlab.train.loop import _batch_slices
 
 # ---------------------------------------------------------------- helpers
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """One intra-op thread per test: these tiny models gain nothing from more, and on a loaded machine
+    several spinning threads per process slow training down many times over."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _blobs(n: int = 256, seed: int = 0) -> tuple[Tensor, Tensor]:
