@@ -53,7 +53,8 @@ RECIPES: dict[str, Recipe] = {
     "softmax": Recipe(epochs=5, lr=1e-2, batch_size=128, schedule="cosine"),
     "mlp": Recipe(epochs=5, lr=1e-3, batch_size=128, schedule="cosine"),
     "cnn-small": Recipe(epochs=3, lr=3e-3, batch_size=128, schedule="onecycle"),
-    "maxout": Recipe(epochs=5, lr=1e-3, batch_size=128, schedule="cosine"),
+    # Dropout (0.2 in, 0.5 hidden) makes maxout slow to converge: 5 epochs give ~98.1 %, 20 give ~98.7 %.
+    "maxout": Recipe(epochs=20, lr=1e-3, batch_size=64, schedule="cosine"),
     "rbf": Recipe(epochs=5, lr=1e-2, batch_size=128, schedule="cosine"),
     "lenet5": Recipe(epochs=5, lr=2e-3, batch_size=128, schedule="onecycle"),
     "resnet-tiny": Recipe(epochs=30, lr=2e-3, optimizer="adamw", batch_size=128, schedule="onecycle",
