@@ -157,7 +157,9 @@ def train_command(
     Unset hyper-parameters come from the model's recipe (advlab.train.recipes). Accuracies in the summary
     are fractions in [0, 1]; train_accuracy is the running accuracy of the last epoch.
 
-    Example: advlab train --model cnn-small --data mnist --epochs 2 --out runs/mnist-cnn
+    \b
+    Example:
+      advlab train --model cnn-small --data mnist --epochs 2 --out runs/mnist-cnn
     """
     dev = resolve_device(device)
     recipe = get_recipe(model_name, data, epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,
