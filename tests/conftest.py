@@ -19,7 +19,13 @@ def shared_data_root() -> Path:
 
 
 def _trained(
-    request: pytest.FixtureRequest, key: str, model_name: str, dataset: str, root: Path | None, n_train: int, epochs: int
+    request: pytest.FixtureRequest,
+    key: str,
+    model_name: str,
+    dataset: str,
+    root: Path | None,
+    n_train: int,
+    epochs: int,
 ) -> torch.nn.Module:
     """Trains ``model_name`` on the first ``n_train`` training examples, caching the checkpoint in pytest's cache."""
     from advlab.data import load_dataset
