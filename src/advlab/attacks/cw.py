@@ -25,8 +25,9 @@ from advlab.attacks.losses import margin_objective
 from advlab.threat import LpBall, is_adversarial
 
 _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
-# tanh(w) is kept within 1 - _SQUASH of ±1: inputs at a bound start at |w| ≈ 5 rather than ≈ 7 (float32's
-# limit), so Adam can move them off the bound within a few dozen steps.
+# tanh(w) is kept within 1 - _SQUASH of ±1 (|w| <= 4.95): inputs at a bound start there rather than at
+# |w| ≈ 7 (float32's limit), so Adam moves them off the bound within a few dozen steps, and gradients never
+# shrink into denormal floats (very slow on CPUs).
 _SQUASH = 1e-4
 _LR_FLOOR = 0.05  # the cosine learning-rate schedule decays to this fraction of ``lr``
 
@@ -65,6 +66,7 @@ def _cw_l2_kernel(config: CWConfig) -> Kernel:
         lower, upper = torch.zeros_like(const), torch.full_like(const, math.inf)
         best_l2, best_adv = torch.full_like(const, math.inf), x.clone()
         w = to_w(x)
+        w_max = math.atanh(1 - _SQUASH)
         total, check_every = config.steps * config.binary_search_steps, max(10, config.steps // 10)
         for round_ in range(config.binary_search_steps):
             m, v = torch.zeros_like(w), torch.zeros_like(w)
@@ -98,6 +100,7 @@ def _cw_l2_kernel(config: CWConfig) -> Kernel:
                     v.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
                     step = m / (v.sqrt() / math.sqrt(1 - _BETA2**t) + _ADAM_EPS) * (lr / (1 - _BETA1**t))
                     w -= step * moving.view(view)
+                    w.clamp_(-w_max, w_max)  # deep in tanh's tails gradients turn denormal (slow) and stuck
                     if config.abort_early:
                         low = torch.minimum(low, loss.detach())
                         if t % check_every == 0:
