@@ -154,6 +154,23 @@ def test_jsma_changes_the_most_salient_pair_of_a_linear_model() -> None:
     assert bool(r.success.all()) and float(r.x_adv[0].flatten()[1]) == 1.0
 
 
+def test_jsma_untargeted_with_negative_theta_lowers_the_right_pair() -> None:
+    """Untargeted, theta = -1: the pair that most lowers the true class is set to the lower bound."""
+    w = torch.tensor([0.1, 3.0, -2.0, 0.5, 2.5, 0.0, -1.0, 0.2, 0.3, 0.4])
+    lin = nn.Linear(10, 2)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
+        lin.weight[0], lin.weight[1] = -w, w  # antisymmetric logits, so that both saliency maps are informative
+        lin.bias[0], lin.bias[1] = 2.5, -2.5  # z1 - z0 = 2 w.x - 5 = -1 at x = 0.5; zeroing features 2, 6 adds 3
+    model = Classifier(nn.Sequential(nn.Flatten(), lin))
+    x = torch.full((1, 1, 1, 10), 0.5)
+    for saliency in ("probs", "logits"):
+        r = jsma(model, x, torch.tensor([0]), eps=1.0, theta=-1.0, gamma=1.0, saliency=saliency)
+        assert (r.x_adv[0] != x).flatten().nonzero().flatten().tolist() == [2, 6]
+        assert bool(r.success.all()) and float(r.x_adv[0].flatten()[2]) == 0.0
+
+
 def test_jsma_rejects_bad_options() -> None:
     model, _ = _linear_binary()
     x, y = torch.zeros(2, 1, 1, 12), torch.tensor([0, 1])
