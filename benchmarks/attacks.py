@@ -442,15 +442,23 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     limit_cell["times"].append(limit_cell["rounds"][rep])
                 for lib in order[rep % len(order):] + order[: rep % len(order)] if order else []:
                     cell = cells[lib]
-                    if cell.get("status") or (cell["times"] and sum(cell["times"]) > args.max_repeat_seconds):
+                    if cell.get("status") or cell.get("skip") or (
+                        cell["times"] and sum(cell["times"]) > args.max_repeat_seconds
+                    ):
                         continue
                     try:
                         with deadline(args.cell_timeout):
                             seconds, x_adv = timed(
                                 lambda r=runners[lib], xb=x, yb=y: r(model, xb, yb, args.seed), device)
                     except CellTimeout:
-                        cell["status"] = f"stopped after {args.cell_timeout:g} s"
-                        cell["timed_out"] = args.cell_timeout
+                        log(f"  {key:9s} {lib:12s} run {rep + 1}: stopped after {args.cell_timeout:g} s")
+                        if cell["times"]:  # finished before: keep those runs, stop repeating
+                            cell["status_note"] = f"a later run stopped after {args.cell_timeout:g} s"
+                            cell["rounds"][rep] = args.cell_timeout  # a lower bound, for paired ratios
+                            cell["skip"] = True
+                        else:
+                            cell["status"] = f"stopped after {args.cell_timeout:g} s"
+                            cell["timed_out"] = args.cell_timeout
                         continue
                     except Exception as err:
                         cell["status"] = f"error: {type(err).__name__}: {err}"[:200]
@@ -553,10 +561,11 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
 def render(report: dict[str, Any]) -> str:
     m = report["machine"]
     load = ", ".join(f"{v:.1f}" for v in m["load_average"] or [])
+    libraries = ", ".join(f"{k} {v or 'not installed'}" for k, v in m["libraries"].items())
     lines = [
         f"Measured {m['date']} on {m['cpu']} ({m['logical_cores']} logical cores, shared with other work; load "
         f"average at start {load}), device {m['device']}, torch {m['torch']}, {m['torch_threads']} intra-op "
-        "threads. Libraries: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in m["libraries"].items()) + ".",
+        f"threads, advlab at commit {m.get('commit')}. Libraries: {libraries}.",
         f"MNIST test images: the first {m['n']} (minimum-norm attacks: the first {m['n_min_norm']}) as one batch; "
         f"time: best of {m['repeats']} interleaved runs (fewer when runs took over the repeat budget: see note); "
         "× limit and speed ratios: median over repeats of ratios of back-to-back runs. "
@@ -575,7 +584,7 @@ def render(report: dict[str, Any]) -> str:
                              f"{r['examples_per_second']:.0f}", "1.00", "", "", "", "", ""])
             continue
         v = r.get("verdict", {})
-        note = r.get("status", "")
+        note = r.get("status", "") or r.get("status_note", "")
         if v.get("out_of_bounds"):
             note += " outside bounds!"
         if v.get("outside_ball"):

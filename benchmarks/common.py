@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -27,6 +28,18 @@ def version_of(dist: str) -> str | None:
         return None
 
 
+def git_commit() -> str | None:
+    """The checkout's commit (with ``-dirty`` when tracked files were modified), or ``None``."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on: CPU, cores, threads, library versions, date."""
     cpu = platform.processor() or platform.machine()
@@ -46,6 +59,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "advlab": version_of("advlab"),
+        "commit": git_commit(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
 
