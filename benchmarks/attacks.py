@@ -18,7 +18,7 @@ Peers are optional: a library that is not installed is reported as such. Install
 Usage::
 
     python benchmarks/attacks.py                       # everything, ~10 min on 2 CPU cores (after training)
-    python benchmarks/attacks.py --n 128 --n-min-norm 16 --repeats 5 --cell-timeout 180   # the README table
+    python benchmarks/attacks.py --n 256 --n-min-norm 32 --repeats 5 --cell-timeout 180   # the README table
     python benchmarks/attacks.py --attacks pgd-linf,bim --peers torchattacks --n 512 --repeats 5
 """
 
@@ -626,7 +626,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-repeat-seconds", type=float, default=30.0,
                         help="Do not repeat a library's run once its runs took this long in total.")
     parser.add_argument("--cell-timeout", type=float, default=60.0, help="Abandon a single run after this long.")
-    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads.")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads (default 1: on a shared 2-core machine 2 threads ran 3x slower).")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="Markdown output (default: WORK_DIR/attacks.md).")
