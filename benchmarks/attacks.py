@@ -519,24 +519,27 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
             ratio = adv["ratio_to_limit"]
             out.append((f"{key}: ≤ 1.15× physical limit", f"{ratio:.2f}×", ratio <= 1.15))
     for key, libs in by.items():
-        adv = libs.get("advlab", {})
         peers = [r for lib, r in libs.items() if lib not in OWN_ROWS and r.get("best")]
-        if not adv.get("best") or not peers:
-            if libs.get("advlab", {}).get("status") and peers:
-                out.append((f"{key}: as fast as the fastest peer at the same strength",
-                            f"advlab: {libs['advlab']['status']}", None))
-            continue
-        fastest = min(peers, key=lambda r: r["best"])
-        va, vp = adv["verdict"], fastest["verdict"]
-        speed = paired_ratio(fastest.get("rounds", []), adv.get("rounds", [])) or fastest["best"] / adv["best"]
-        if report["settings"][key]["eps"] is None:
-            strong = _radius(va) <= _radius(vp) * 1.01
-            detail = f"median L2 (failures = ∞) {_fmt_radius(va)} vs {_fmt_radius(vp)}"
-        else:
-            strong = va["robust_accuracy"] <= vp["robust_accuracy"] + 0.005
-            detail = f"robust accuracy {_pct(va['robust_accuracy'])}% vs {_pct(vp['robust_accuracy'])}%"
-        out.append((f"{key}: as fast as the fastest peer ({fastest['library']}) at the same strength",
-                    f"{speed:.2f}× its speed; {detail}", speed >= 1.0 and strong))
+        for own in ("advlab", "advlab-defaults"):
+            adv = libs.get(own)
+            if adv is None or not peers:
+                continue
+            who = "" if own == "advlab" else " (advlab defaults)"
+            if not adv.get("best"):
+                out.append((f"{key}{who}: as fast as the fastest peer at the same strength",
+                            f"advlab: {adv.get('status', 'no run')}", None))
+                continue
+            fastest = min(peers, key=lambda r: r["best"])
+            va, vp = adv["verdict"], fastest["verdict"]
+            speed = paired_ratio(fastest.get("rounds", []), adv.get("rounds", [])) or fastest["best"] / adv["best"]
+            if report["settings"][key]["eps"] is None:
+                strong = _radius(va) <= _radius(vp) * 1.01
+                detail = f"median L2 (failures = ∞) {_fmt_radius(va)} vs {_fmt_radius(vp)}"
+            else:
+                strong = va["robust_accuracy"] <= vp["robust_accuracy"] + 0.005
+                detail = f"robust accuracy {_pct(va['robust_accuracy'])}% vs {_pct(vp['robust_accuracy'])}%"
+            out.append((f"{key}{who}: as fast as the fastest peer ({fastest['library']}) at the same strength",
+                        f"{speed:.2f}× its speed; {detail}", speed >= 1.0 and strong))
     cw = by.get("cw", {})
     adv = cw.get("advlab-defaults", {}) if cw.get("advlab-defaults", {}).get("best") else cw.get("advlab", {})
     for lib, r in cw.items():
@@ -545,7 +548,7 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         if r.get("timed_out"):
             speed = r["timed_out"] / adv["best"]
             out.append((f"cw: ≥ 5× faster than {lib} at equal or smaller median L2",
-                        f"> {speed:.1f}× ({lib} stopped after {r['timed_out']:g} s); norms not compared",
+                        f"> {speed:.2f}× ({lib} stopped after {r['timed_out']:g} s); norms not compared",
                         True if speed >= 5 else None))
             continue
         if not r.get("best"):
@@ -553,7 +556,7 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         speed = paired_ratio(r.get("rounds", []), adv.get("rounds", [])) or r["best"] / adv["best"]
         smaller = _radius(adv["verdict"]) <= _radius(r["verdict"]) * 1.01
         out.append((f"cw: ≥ 5× faster than {lib} at equal or smaller median L2",
-                    f"{adv['library']}: {speed:.1f}×; median L2 (failures = ∞) {_fmt_radius(adv['verdict'])} vs "
+                    f"{adv['library']}: {speed:.2f}×; median L2 (failures = ∞) {_fmt_radius(adv['verdict'])} vs "
                     f"{_fmt_radius(r['verdict'])}", speed >= 5 and smaller))
     return out
 
