@@ -392,6 +392,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     if installed.get("torchattacks") and version_of("torchvision") is None:
         log("torchattacks is installed without torchvision (installed with --no-deps); it imports without it")
     info = machine_info()
+    from advlab.models import load_checkpoint_metadata
+
+    meta = load_checkpoint_metadata(ckpt)
+    info["model"] = {"name": meta["model"]["name"], "dataset": meta.get("dataset"), "metrics": meta.get("metrics"),
+                     "hash": meta["weights"]["content_hash"]}
     info.update({"device": str(device), "checkpoint": str(ckpt), "libraries": installed,
                  "n": args.n, "n_min_norm": args.n_min_norm, "repeats": args.repeats})
     records: list[dict[str, Any]] = []
@@ -569,7 +574,9 @@ def render(report: dict[str, Any]) -> str:
         f"Measured {m['date']} on {m['cpu']} ({m['logical_cores']} logical cores, shared with other work; load "
         f"average at start {load}), device {m['device']}, torch {m['torch']}, {m['torch_threads']} intra-op "
         f"threads, advlab at commit {m.get('commit')}. Libraries: {libraries}.",
-        f"MNIST test images: the first {m['n']} (minimum-norm attacks: the first {m['n_min_norm']}) as one batch; "
+        (f"Model: {m['model']['name']} trained on {m['model']['dataset']} (test accuracy "
+         f"{100 * (m['model']['metrics'] or {}).get('test_accuracy', float('nan')):.2f}%). " if m.get("model") else "")
+        + f"MNIST test images: the first {m['n']} (minimum-norm attacks: the first {m['n_min_norm']}) as one batch; "
         f"time: best of {m['repeats']} interleaved runs (fewer when runs took over the repeat budget: see note); "
         "× limit and speed ratios: median over repeats of ratios of back-to-back runs. "
         f"One forward pass of the {m['n']}-image batch: {report['passes']['forward'] * 1e3:.1f} ms; one "
