@@ -113,6 +113,9 @@ class AttackContext:
         # The current chunk's ``true_labels`` (None when not given), for kernels whose targeted objective
         # needs both the target and the true class (e.g. targeted DLR).
         self.true_labels: Tensor | None = None
+        # ``(x, x_leaf, logits)`` of the current chunk's clean forward pass, kept with its graph so that a
+        # kernel's first gradient at exactly ``x`` reuses it instead of running the model again.
+        self._clean: tuple[Tensor, Tensor, Tensor] | None = None
 
     def logits(self, x: Tensor) -> Tensor:
         """Forward pass without gradient tracking (counted)."""
@@ -123,7 +126,17 @@ class AttackContext:
 
     def value_and_grad(self, x: Tensor, objective: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Returns ``(objective(logits) (N,), d sum(objective) / dx, logits)``, counting one forward and one
-        backward per example. Uses ``torch.autograd.grad`` so parameter ``.grad`` is never touched."""
+        backward per example. Uses ``torch.autograd.grad`` so parameter ``.grad`` is never touched.
+
+        When ``x`` is the very tensor the engine passed to the kernel, the engine's clean forward pass (already
+        counted) is reused: only the backward pass runs."""
+        if self._clean is not None and x is self._clean[0]:
+            _, leaf, clean = self._clean
+            with torch.enable_grad():
+                value = objective(clean)
+                (grad,) = torch.autograd.grad(value.sum(), leaf, retain_graph=True)
+            self.n_backward += x.shape[0]
+            return value.detach(), grad.detach(), clean.detach()
         x = x.detach().requires_grad_(True)
         with torch.enable_grad():
             logits = self.model(x)
@@ -293,8 +306,10 @@ def run_attack(
                 model.validate(x)
             for start in range(0, n, chunk):
                 xb, yb = x[start : start + chunk].detach(), y[start : start + chunk]
-                with torch.no_grad():
-                    logits = model(xb)
+                leaf = xb.detach().requires_grad_(True)
+                with torch.enable_grad():
+                    graph_logits = model(leaf)
+                logits = graph_logits.detach()
                 check_logits(logits, xb.shape[0])
                 if int(yb.max()) >= logits.shape[1] or int(yb.min()) < 0:
                     raise ValueError(
@@ -311,6 +326,7 @@ def run_attack(
                 if ctx is None:
                     ctx = AttackContext(model, bounds, logits.shape[1], generator, targeted)
                 ctx.n_forward += xb.shape[0]
+                ctx._clean = (xb, leaf, graph_logits) if graph_logits.requires_grad else None
                 ctx.true_labels = None if true_labels is None else true_labels[start : start + chunk]
                 clean_logits.append(logits)
                 if min_norm:
@@ -322,6 +338,7 @@ def run_attack(
                     cand = found if min_norm else kernel(ctx, xb, yb, e)
                     ball = LpBall(norm, e)
                     x_adv[i, start : start + chunk] = ctx.clip(xb + ball.project(cand.detach() - xb))
+                ctx._clean = None  # release the clean graph before the next chunk
             assert ctx is not None
             # Re-check every budget on the final, clipped inputs.
             success = torch.empty((len(budgets), n), dtype=torch.bool, device=x.device)
