@@ -166,13 +166,13 @@ def test_cost_accounting() -> None:
     x, y = torch.rand(8, 1, 6, 6), torch.arange(8) % 5
     r = pgd(model, x, y, eps=[0.1, 0.2], steps=7)
     assert (r.n_forward, r.n_backward) == (8 * (1 + 2 * 7 + 2), 8 * 2 * 7)  # clean, steps, re-checks
-    # BIM's first step is taken at the clean input: the engine's clean forward pass is reused for it.
     r = bim(model, x, y, eps=0.1, steps=3)
-    assert (r.n_forward, r.n_backward) == (8 * 4, 8 * 3)
-    r = bim(model, x, y, eps=[0.1, 0.2], steps=3)
-    assert (r.n_forward, r.n_backward) == (8 * (1 + 2 * 2 + 2), 8 * 2 * 3)
+    assert (r.n_forward, r.n_backward) == (8 * 5, 8 * 3)
     r = illc(model, x, y, eps=0.1, steps=3)
-    assert (r.n_forward, r.n_backward) == (8 * 5, 8 * 3)  # plus one forward for the least-likely classes
+    assert (r.n_forward, r.n_backward) == (8 * 6, 8 * 3)  # plus one forward for the least-likely classes
+    # FGSM's single gradient is taken at the clean input: it reuses the engine's clean forward pass.
+    r = fgsm(model, x, y, eps=[0.1, 0.2])
+    assert (r.n_forward, r.n_backward) == (8 * (1 + 2), 8 * 2)  # clean (shared), two re-checks
     r = rfgsm(model, x, y, eps=0.1)
     assert (r.n_forward, r.n_backward) == (8 * 3, 8)
 

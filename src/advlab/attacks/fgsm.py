@@ -73,6 +73,7 @@ def fgm(
     return run_attack(
         "fgm", model, x, y, eps=eps, norm=norm, kernel=_fgm_kernel(config, norm), config=config,
         targeted=targeted, generator=generator, batch_size=batch_size, true_labels=true_labels,
+        reuse_clean_graph=True,
     )
 
 
@@ -109,4 +110,5 @@ def fgsm(
     return run_attack(
         "fgsm", model, x, y, eps=eps, norm=norm, kernel=_fgm_kernel(config, "linf"), config=config,
         targeted=targeted, generator=generator, batch_size=batch_size, true_labels=true_labels, norms=("linf",),
+        reuse_clean_graph=True,
     )
