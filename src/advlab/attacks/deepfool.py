@@ -23,6 +23,7 @@ from advlab.attacks.base import (
 )
 
 _TINY = 1e-12
+_PUSH = 1e-4
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,6 @@ class DeepFoolConfig:
 
 def _deepfool_kernel(config: DeepFoolConfig, norm: str) -> Kernel:
     def kernel(ctx: AttackContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
-        lo, hi = ctx.bounds
         scale = 1.0 + config.overshoot
         k = min(config.candidates, ctx.num_classes) - 1  # competing classes besides the true one
         x_adv = x.clone()
@@ -66,11 +66,10 @@ def _deepfool_kernel(config: DeepFoolConfig, norm: str) -> Kernel:
             ctx.n_backward += xa.shape[0] * k
             n = active.shape[0]
             w = torch.stack(grads, dim=1).reshape(n, k, -1)  # (n, k, d) gradients of f_j - f_y
-            cur = x_adv[active].reshape(n, 1, -1)
-            # Coordinates at a bound that a direction pushes further out cannot move: leave them out.
-            w = w.masked_fill(((cur <= lo) & (w < 0)) | ((cur >= hi) & (w > 0)), 0.0)
             dual = w.abs().sum(dim=2) if norm == "linf" else w.norm(dim=2)
-            dist = diffs.detach().abs() / dual.clamp(min=_TINY)  # distance to each linearised boundary
+            # Distance to each linearised boundary, pushed _PUSH further so that a step cut short by the
+            # bounds still makes progress (as in the authors' reference code).
+            dist = (diffs.detach().abs() + _PUSH) / dual.clamp(min=_TINY)
             best = dist.argmin(dim=1, keepdim=True)
             w_best = w.gather(1, best[:, :, None].expand(n, 1, w.shape[2])).squeeze(1)  # (n, d)
             if norm == "linf":
@@ -107,9 +106,9 @@ def deepfool(
     A minimum-norm attack, untargeted only. Each step linearises the logit differences ``f_j - f_y`` of the
     ``candidates - 1`` most likely rival classes around the current point and moves onto the nearest
     linearised boundary: by ``|f_j| / ||w_j||_2`` along ``w_j`` (L2) or ``|f_j| / ||w_j||_1`` along
-    ``sign(w_j)`` (L∞). The point reported is ``x + (1 + overshoot) * r_total``, clipped to the bounds;
-    coordinates stuck at a bound are left out of the linearisation. An example stops as soon as it is
-    misclassified. Cost per step and active example: one forward and ``candidates - 1`` backward passes.
+    ``sign(w_j)`` (L∞), plus ``1e-4 / ||w_j||`` so that a step cut short by the bounds still makes progress.
+    The point reported is ``x + (1 + overshoot) * r_total``, clipped to the bounds. An example stops as soon
+    as it is misclassified. Cost per step and active example: one forward and ``candidates - 1`` backward passes.
 
     Threat model: the attack runs once, without a budget; every budget in ``eps`` is then filled by
     projecting the perturbation onto its L_p ball (``norm`` in ``l2``, ``linf``) and re-checking success.
