@@ -166,15 +166,29 @@ def test_cost_accounting() -> None:
     x, y = torch.rand(8, 1, 6, 6), torch.arange(8) % 5
     r = pgd(model, x, y, eps=[0.1, 0.2], steps=7)
     assert (r.n_forward, r.n_backward) == (8 * (1 + 2 * 7 + 2), 8 * 2 * 7)  # clean, steps, re-checks
+    # BIM's first step is taken at the clean input: its forward pass gives the clean logits too.
     r = bim(model, x, y, eps=0.1, steps=3)
-    assert (r.n_forward, r.n_backward) == (8 * 5, 8 * 3)
+    assert (r.n_forward, r.n_backward) == (8 * (3 + 1), 8 * 3)  # steps, re-check
     r = illc(model, x, y, eps=0.1, steps=3)
-    assert (r.n_forward, r.n_backward) == (8 * 6, 8 * 3)  # plus one forward for the least-likely classes
-    # FGSM's single gradient is taken at the clean input: it reuses the engine's clean forward pass.
+    assert (r.n_forward, r.n_backward) == (8 * 5, 8 * 3)  # plus one forward for the least-likely classes
+    # Budgets of one call share the gradient at the clean input.
     r = fgsm(model, x, y, eps=[0.1, 0.2])
-    assert (r.n_forward, r.n_backward) == (8 * (1 + 2), 8 * 2)  # clean (shared), two re-checks
+    assert (r.n_forward, r.n_backward) == (8 * (1 + 2), 8)  # one gradient, two re-checks
+    r = bim(model, x, y, eps=[0.1, 0.2], steps=3)
+    assert (r.n_forward, r.n_backward) == (8 * (1 + 2 * 2 + 2), 8 * (1 + 2 * 2))
     r = rfgsm(model, x, y, eps=0.1)
     assert (r.n_forward, r.n_backward) == (8 * 3, 8)
+
+
+def test_shared_first_gradient_changes_no_result() -> None:
+    model = small_cnn()
+    x, y = torch.rand(8, 1, 6, 6), torch.arange(8) % 5
+    for attack, kwargs in ((fgsm, {}), (bim, {"steps": 3}), (mifgsm, {"steps": 3})):
+        both = attack(model, x, y, eps=[0.05, 0.2], **kwargs)
+        for i, e in enumerate((0.05, 0.2)):
+            one = attack(model, x, y, eps=e, **kwargs)
+            assert torch.equal(both.x_adv[i], one.x_adv[0]), attack.__name__
+            assert torch.equal(both.success[i], one.success[0]), attack.__name__
 
 
 def test_illc_targets_the_least_likely_class() -> None:

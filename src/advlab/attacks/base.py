@@ -95,17 +95,18 @@ class AttackResult:
 class AttackContext:
     """Handed to kernels: the model, bounds, RNG and counted forward/gradient helpers.
 
-    Kernels must evaluate the model only through :meth:`logits` and :meth:`value_and_grad` (or increment
-    the counters themselves) so that cost accounting stays honest.
+    Kernels must evaluate the model only through :meth:`logits`, :meth:`forward` and :meth:`value_and_grad`
+    so that cost accounting stays honest. Every evaluation is watched for the current chunk's clean input:
+    the first one made there supplies the clean logits (validated on the spot), so an attack whose first
+    step is taken at the clean input costs no separate clean forward pass.
     """
 
     def __init__(
         self, model: nn.Module | Callable[[Tensor], Tensor], bounds: tuple[float, float],
-        num_classes: int, generator: torch.Generator | None, targeted: bool,
+        generator: torch.Generator | None, targeted: bool,
     ) -> None:
         self.model = model
         self.bounds = bounds
-        self.num_classes = num_classes
         self.generator = generator
         self.targeted = targeted
         self.n_forward = 0
@@ -113,38 +114,94 @@ class AttackContext:
         # The current chunk's ``true_labels`` (None when not given), for kernels whose targeted objective
         # needs both the target and the true class (e.g. targeted DLR).
         self.true_labels: Tensor | None = None
-        # ``(x, x_leaf, logits)`` of the current chunk's clean forward pass, kept with its graph so that a
-        # kernel's first gradient at exactly ``x`` reuses it instead of running the model again.
-        self._clean: tuple[Tensor, Tensor, Tensor] | None = None
+        # Per-chunk scratch space for kernels run once per budget (e.g. FGSM's gradient at the clean input).
+        self.memo: dict[str, Any] = {}
+        self._num_classes: int | None = None
+        self._clean_x: Tensor | None = None
+        self._clean_logits: Tensor | None = None
+        self._check_clean: Callable[[Tensor], None] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (from the first evaluation; a one-example forward pass if none was made yet)."""
+        if self._num_classes is None:
+            assert self._clean_x is not None, "num_classes is known once a chunk has begun"
+            self.logits(self._clean_x[:1])
+        assert self._num_classes is not None
+        return self._num_classes
+
+    def begin_chunk(self, x: Tensor, check: Callable[[Tensor], None], true_labels: Tensor | None) -> None:
+        """Starts a chunk with clean input ``x``; ``check(logits)`` validates its clean logits once seen."""
+        self._clean_x, self._clean_logits, self._check_clean = x, None, check
+        self.true_labels = true_labels
+        self.memo = {}
+
+    def clean_logits(self) -> Tensor:
+        """The current chunk's clean logits: those seen during the kernel, else one forward pass now."""
+        if self._clean_logits is None:
+            assert self._clean_x is not None
+            self.logits(self._clean_x)
+        assert self._clean_logits is not None
+        return self._clean_logits
+
+    def _observe(self, x: Tensor, logits: Tensor) -> None:
+        if self._num_classes is None:
+            check_logits(logits, x.shape[0])
+            self._num_classes = logits.shape[1]
+        clean = self._clean_x
+        if (
+            clean is not None and self._clean_logits is None and x.shape == clean.shape
+            and (x is clean or torch.equal(x, clean))
+        ):
+            out = logits.detach()
+            if self._check_clean is not None:
+                self._check_clean(out)
+            self._clean_logits = out
 
     def logits(self, x: Tensor) -> Tensor:
         """Forward pass without gradient tracking (counted)."""
         with torch.no_grad():
             out = self.model(x)
         self.n_forward += x.shape[0]
+        self._observe(x, out)
         return out
 
-    def value_and_grad(self, x: Tensor, objective: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, x: Tensor) -> Tensor:
+        """Forward pass with gradient tracking (counted as a forward; count backward passes yourself in
+        ``n_backward``). For kernels that need several gradients of one forward pass."""
+        with torch.enable_grad():
+            out = self.model(x)
+        self.n_forward += x.shape[0]
+        self._observe(x.detach(), out)
+        return out
+
+    def value_and_grad(
+        self, x: Tensor, objective: Callable[[Tensor], Tensor], memo_key: str | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Returns ``(objective(logits) (N,), d sum(objective) / dx, logits)``, counting one forward and one
         backward per example. Uses ``torch.autograd.grad`` so parameter ``.grad`` is never touched.
 
-        When ``x`` is the very tensor the engine passed to the kernel, the engine's clean forward pass (already
-        counted) is reused: only the backward pass runs."""
-        if self._clean is not None and x is self._clean[0]:
-            _, leaf, clean = self._clean
-            with torch.enable_grad():
-                value = objective(clean)
-                (grad,) = torch.autograd.grad(value.sum(), leaf, retain_graph=True)
-            self.n_backward += x.shape[0]
-            return value.detach(), grad.detach(), clean.detach()
-        x = x.detach().requires_grad_(True)
+        With ``memo_key``, a result at the chunk's clean input is remembered under that key for the rest of
+        the chunk (the key must identify ``objective``): kernels run once per budget then take their first
+        gradient once."""
+        key = None
+        if memo_key is not None and self._clean_x is not None and x is self._clean_x:
+            key = "value_and_grad:" + memo_key
+            if key in self.memo:
+                value, grad, logits = self.memo[key]
+                return value, grad.clone(), logits  # kernels may modify the gradient in place
+        xg = x.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = self.model(x)
+            logits = self.model(xg)
+            self.n_forward += x.shape[0]
+            self._observe(x, logits)
             value = objective(logits)
-            (grad,) = torch.autograd.grad(value.sum(), x)
-        self.n_forward += x.shape[0]
+            (grad,) = torch.autograd.grad(value.sum(), xg)
         self.n_backward += x.shape[0]
-        return value.detach(), grad.detach(), logits.detach()
+        out = (value.detach(), grad.detach(), logits.detach())
+        if key is not None:
+            self.memo[key] = (out[0], out[1].clone(), out[2])
+        return out
 
     def clip(self, x: Tensor) -> Tensor:
         """Clamps into the model's bounds."""
@@ -240,6 +297,22 @@ def _model_state(model: Any) -> tuple[bool | None, list[tuple[nn.Parameter, bool
     return model.training, [(p, p.requires_grad) for p in model.parameters()]
 
 
+def _label_check(y: Tensor, true_labels: Tensor | None) -> Callable[[Tensor], None]:
+    """Validates clean logits of a chunk and its labels against the number of classes they show."""
+
+    def check(logits: Tensor) -> None:
+        check_logits(logits, y.shape[0])
+        k = logits.shape[1]
+        for what, labels in (("labels", y), ("true_labels", true_labels)):
+            if labels is not None and (int(labels.max()) >= k or int(labels.min()) < 0):
+                raise ValueError(
+                    f"{what} must be class indices in [0, {k - 1}] for this model, "
+                    f"got values in [{int(labels.min())}, {int(labels.max())}]"
+                )
+
+    return check
+
+
 def run_attack(
     name: str,
     model: nn.Module | Callable[[Tensor], Tensor],
@@ -256,7 +329,7 @@ def run_attack(
     true_labels: Tensor | None = None,
     min_norm: bool = False,
     norms: tuple[str, ...] = ("linf", "l2", "l1"),
-    reuse_clean_graph: bool = False,
+    clean_first: bool = False,
 ) -> AttackResult:
     """Validates, runs ``kernel`` per batch and budget, and assembles a re-checked :class:`AttackResult`.
 
@@ -273,9 +346,9 @@ def run_attack(
         batch_size: split ``x`` into chunks of this many examples (default: all at once).
         true_labels: with ``targeted=True``, the true classes; a target equal to its true class is an error.
         min_norm: ``True`` for minimum-norm kernels run once and projected onto every budget.
-        reuse_clean_graph: keep the graph of the clean forward pass so that the kernel's gradient at exactly
-            the clean input skips its forward pass. Worth it for single-step attacks (FGSM: one forward pass
-            fewer); measured slower for multi-step ones on CPU (the graph is held through the whole kernel).
+        clean_first: the kernel's first evaluation is at the clean input itself (FGSM, BIM, MI-FGSM, DeepFool):
+            the engine then takes the clean logits from it instead of running a forward pass of its own
+            beforehand. Either way the clean logits are validated before the kernel uses them.
     """
     t0 = time.perf_counter()
     norm = check_norm(norm, norms)
@@ -302,7 +375,7 @@ def run_attack(
     n = x.shape[0]
     chunk = batch_size or n
     x_adv = torch.empty((len(budgets), *x.shape), dtype=x.dtype, device=x.device)
-    ctx: AttackContext | None = None
+    ctx = AttackContext(model, bounds, generator, targeted)
     clean_logits: list[Tensor] = []
     try:
         with unchecked_inputs(model) if isinstance(model, nn.Module) else _nullcontext():
@@ -310,29 +383,10 @@ def run_attack(
                 model.validate(x)
             for start in range(0, n, chunk):
                 xb, yb = x[start : start + chunk].detach(), y[start : start + chunk]
-                leaf = xb.detach().requires_grad_(reuse_clean_graph)
-                with torch.set_grad_enabled(reuse_clean_graph):
-                    graph_logits = model(leaf)
-                logits = graph_logits.detach()
-                check_logits(logits, xb.shape[0])
-                if int(yb.max()) >= logits.shape[1] or int(yb.min()) < 0:
-                    raise ValueError(
-                        f"labels must be class indices in [0, {logits.shape[1] - 1}] for this model, "
-                        f"got values in [{int(yb.min())}, {int(yb.max())}]"
-                    )
-                if true_labels is not None:
-                    tb = true_labels[start : start + chunk]
-                    if int(tb.max()) >= logits.shape[1] or int(tb.min()) < 0:
-                        raise ValueError(
-                            f"true_labels must be class indices in [0, {logits.shape[1] - 1}] for this model, "
-                            f"got values in [{int(tb.min())}, {int(tb.max())}]"
-                        )
-                if ctx is None:
-                    ctx = AttackContext(model, bounds, logits.shape[1], generator, targeted)
-                ctx.n_forward += xb.shape[0]
-                ctx._clean = (xb, leaf, graph_logits) if graph_logits.requires_grad else None
-                ctx.true_labels = None if true_labels is None else true_labels[start : start + chunk]
-                clean_logits.append(logits)
+                tb = None if true_labels is None else true_labels[start : start + chunk]
+                ctx.begin_chunk(xb, _label_check(yb, tb), tb)
+                if not clean_first:
+                    ctx.clean_logits()
                 if min_norm:
                     found = kernel(ctx, xb, yb, max(budgets))
                 for i, e in enumerate(budgets):
@@ -342,8 +396,7 @@ def run_attack(
                     cand = found if min_norm else kernel(ctx, xb, yb, e)
                     ball = LpBall(norm, e)
                     x_adv[i, start : start + chunk] = ctx.clip(xb + ball.project(cand.detach() - xb))
-                ctx._clean = None  # release the clean graph before the next chunk
-            assert ctx is not None
+                clean_logits.append(ctx.clean_logits())
             # Re-check every budget on the final, clipped inputs.
             success = torch.empty((len(budgets), n), dtype=torch.bool, device=x.device)
             for i in range(len(budgets)):

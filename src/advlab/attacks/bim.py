@@ -119,7 +119,7 @@ def bim(
     norm = check_norm(norm)
     return run_attack(
         "bim", model, x, y, eps=eps, norm=norm, kernel=_bim_kernel(config, norm), config=config,
-        targeted=targeted, generator=generator, batch_size=batch_size, true_labels=true_labels,
+        targeted=targeted, generator=generator, batch_size=batch_size, true_labels=true_labels, clean_first=True,
     )
 
 
@@ -210,7 +210,7 @@ def illc(
     targets = _least_likely(model, x, y, batch_size)  # never the true class, which the engine re-checks
     result = run_attack(
         "illc", model, x, targets, eps=eps, norm=norm, kernel=_bim_kernel(config, norm), config=config,
-        targeted=True, generator=generator, batch_size=batch_size, true_labels=y,
+        targeted=True, generator=generator, batch_size=batch_size, true_labels=y, clean_first=True,
     )
     result.config["targets"] = "least-likely class of the clean input (true class excluded)"
     return replace(result, n_forward=result.n_forward + x.shape[0], n_queries=result.n_queries + x.shape[0])

@@ -79,12 +79,11 @@ def _cw_l2_kernel(config: CWConfig) -> Kernel:
                     xa = lo + span * (torch.tanh(w) + 1) / 2
                     gap = x - xa  # snap the tiny reconstruction error of untouched inputs (straight through)
                     xa = xa + (gap * (gap.abs() <= span * _SQUASH)).detach()
-                    logits = ctx.model(xa)
+                    logits = ctx.forward(xa)
                     l2 = (xa - x).flatten(1).pow(2).sum(1)
                     margin = margin_objective(logits, y, ctx.targeted)  # > 0: adversarial
                     loss = l2 + const * (kappa - margin).clamp(min=0)
                     (grad,) = torch.autograd.grad(loss.sum(), w)
-                ctx.n_forward += n
                 ctx.n_backward += n
                 with torch.no_grad():
                     w = w.detach()
@@ -276,4 +275,5 @@ def cw_linf(
     return run_attack(
         "cw_linf", model, x, y, eps=eps, norm=norm, kernel=_cw_linf_kernel(config), config=config,
         targeted=targeted, generator=generator, batch_size=batch_size, true_labels=true_labels, norms=("linf",),
+        clean_first=not random_start,
     )

@@ -43,7 +43,6 @@ class DeepFoolConfig:
 def _deepfool_kernel(config: DeepFoolConfig, norm: str) -> Kernel:
     def kernel(ctx: AttackContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
         scale = 1.0 + config.overshoot
-        k = min(config.candidates, ctx.num_classes) - 1  # competing classes besides the true one
         x_adv = x.clone()
         r_tot = torch.zeros_like(x)
         active = torch.arange(x.shape[0], device=x.device)
@@ -51,9 +50,9 @@ def _deepfool_kernel(config: DeepFoolConfig, norm: str) -> Kernel:
         for _ in range(config.steps):
             xa = x_adv[active].detach().requires_grad_(True)
             with torch.enable_grad():
-                logits = ctx.model(xa)
-                ctx.n_forward += xa.shape[0]
+                logits = ctx.forward(xa)
                 if rivals is None:
+                    k = min(config.candidates, logits.shape[1]) - 1  # competing classes besides the true one
                     rivals = logits.detach().scatter(1, y[:, None], float("-inf")).topk(k, dim=1).indices
                 keep = logits.detach().argmax(dim=1) == y[active]  # early exit once misclassified
                 if not bool(keep.any()):
@@ -134,5 +133,5 @@ def deepfool(
     return run_attack(
         "deepfool", model, x, y, eps=eps, norm=norm, kernel=_deepfool_kernel(config, norm), config=config,
         targeted=False, generator=generator, batch_size=batch_size, true_labels=true_labels, min_norm=True,
-        norms=("l2", "linf"),
+        norms=("l2", "linf"), clean_first=True,
     )

@@ -29,7 +29,7 @@ class FGMConfig:
 
 def _fgm_kernel(config: FGMConfig, norm: str) -> Kernel:
     def kernel(ctx: AttackContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
-        _, grad, _ = ctx.value_and_grad(x, lambda z: objective(config.loss, z, y, ctx.targeted))
+        _, grad, _ = ctx.value_and_grad(x, lambda z: objective(config.loss, z, y, ctx.targeted), memo_key=config.loss)
         return ctx.clip(x + LpBall(norm, eps).steepest_step(grad, eps, x=x, bounds=ctx.bounds))
 
     return kernel
@@ -73,7 +73,7 @@ def fgm(
     return run_attack(
         "fgm", model, x, y, eps=eps, norm=norm, kernel=_fgm_kernel(config, norm), config=config,
         targeted=targeted, generator=generator, batch_size=batch_size, true_labels=true_labels,
-        reuse_clean_graph=True,
+        clean_first=True,
     )
 
 
@@ -110,5 +110,5 @@ def fgsm(
     return run_attack(
         "fgsm", model, x, y, eps=eps, norm=norm, kernel=_fgm_kernel(config, "linf"), config=config,
         targeted=targeted, generator=generator, batch_size=batch_size, true_labels=true_labels, norms=("linf",),
-        reuse_clean_graph=True,
+        clean_first=True,
     )

@@ -84,8 +84,7 @@ def _jsma_kernel(config: JSMAConfig) -> Kernel:
             xa = x_adv[active].reshape(-1, *x.shape[1:]).requires_grad_(True)
             ya = y[active]
             with torch.enable_grad():
-                logits = ctx.model(xa)
-                ctx.n_forward += xa.shape[0]
+                logits = ctx.forward(xa)
                 keep = ~is_adversarial(logits.detach(), ya, ctx.targeted) & domain[active].sum(1).ge(2)
                 if not bool(keep.any()):
                     break
@@ -180,4 +179,5 @@ def jsma(
     return run_attack(
         "jsma", model, x, y, eps=eps, norm=norm, kernel=_jsma_kernel(config), config=config, targeted=targeted,
         generator=generator, batch_size=batch_size, true_labels=true_labels, min_norm=True, norms=("linf",),
+        clean_first=True,
     )

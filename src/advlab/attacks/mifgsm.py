@@ -113,5 +113,5 @@ def mifgsm(
     return run_attack(
         "mifgsm", model, x, y, eps=eps, norm=norm, kernel=_mifgsm_kernel(config, norm), config=config,
         targeted=targeted, generator=generator, batch_size=batch_size, true_labels=true_labels,
-        norms=("linf", "l2"),
+        norms=("linf", "l2"), clean_first=True,
     )

@@ -164,4 +164,5 @@ def pgd(
     return run_attack(
         "pgd", model, x, y, eps=eps, norm=norm, kernel=_pgd_kernel(config, norm), config=config,
         targeted=targeted, generator=generator, batch_size=batch_size, true_labels=true_labels,
+        clean_first=not random_start,
     )
