@@ -96,11 +96,17 @@ def _apgd_kernel(config: APGDConfig, norm: str) -> Kernel:
         count = torch.zeros_like(f)
         eta_ck, f_max_ck, last = eta.clone(), f_max.clone(), 0
         marks = set(checkpoints(config.steps))
-        for k in range(1, config.steps):
+        for k in range(1, config.steps + 1):
             a = config.alpha if k > 1 else 1.0
             z = project(cur + eta.reshape(shape) * step_dir(g))
             prev, cur = cur, project(cur + a * (z - cur) + (1 - a) * (cur - prev))
-            f, g, logits = ctx.value_and_grad(cur, obj)
+            if k == config.steps:  # the last update's point is evaluated, not differentiated
+                if r == 1:  # ... by the engine's re-check: return it where no iterate was adversarial
+                    return torch.where(found.reshape(shape), x_found, cur)
+                logits = ctx.logits(cur)
+                f = obj(logits)
+            else:
+                f, g, logits = ctx.value_and_grad(cur, obj)
             adv = is_adversarial(logits, yr, ctx.targeted)
             x_found = torch.where((adv & ~found).reshape(shape), cur, x_found)
             found |= adv
@@ -110,7 +116,7 @@ def _apgd_kernel(config: APGDConfig, norm: str) -> Kernel:
             f_max = torch.where(better, f, f_max)
             x_max = torch.where(better.reshape(shape), cur, x_max)
             g_max = torch.where(better.reshape(shape), g, g_max)
-            if k in marks:
+            if k in marks and k < config.steps:
                 few_gains = count < config.rho * (k - last)
                 stuck = (eta_ck == eta) & (f_max_ck == f_max)
                 halve = few_gains | stuck
@@ -158,8 +164,9 @@ def apgd(
     (see :func:`checkpoints`) for examples where fewer than ``ρ`` of the steps since the last checkpoint
     raised the loss, or where neither ``η`` nor the best loss changed since it; such an example restarts from
     its best point. Restarts are batched (the chunk is replicated ``restarts`` times); each example keeps an
-    adversarial iterate of any restart, else its highest-loss point. The run stops once every example is
-    broken (checked every 10 steps).
+    adversarial iterate of any restart, else its highest-loss point over the restarts (with one restart: its
+    final iterate, which the engine's re-check evaluates, so no extra forward pass is spent on it). The run
+    stops once every example is broken (checked every 10 steps).
 
     Losses: ``ce`` (cross-entropy), ``dlr`` (difference of logits ratio) or ``margin``. Targeted DLR
     (``targeted=True``, ``y`` = targets) is ``-(z_y - z_t) / (z_π1 - (z_π3 + z_π4) / 2)`` with the true class
@@ -172,9 +179,10 @@ def apgd(
     Args:
         model: returns logits for inputs within its bounds. x: ``(N, ...)`` inputs. y: ``(N,)`` labels (targets
             when ``targeted``). eps: budget or list of budgets (raw input units). norm: ``linf`` (default) or
-            ``l2``. steps: gradient evaluations per restart (default 100). loss: ``ce`` (default), ``dlr`` or
-            ``margin``. restarts: random restarts, batched (default 1). alpha: momentum weight (default 0.75).
-            rho: fraction of improving steps below which the step size halves (default 0.75).
+            ``l2``. steps: iterations per restart (default 100), each a gradient evaluation and an update; the
+            last update's point costs one more forward pass when there are several restarts. loss: ``ce``
+            (default), ``dlr`` or ``margin``. restarts: random restarts, batched (default 1). alpha: momentum
+            weight (default 0.75). rho: fraction of improving steps below which the step size halves (default 0.75).
             generator: random starts; same seed, same result. batch_size: chunk size (memory grows with
             ``restarts * batch_size``). true_labels: true classes of a targeted run (used by targeted DLR).
 
