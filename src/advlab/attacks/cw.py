@@ -36,8 +36,8 @@ _LR_FLOOR = 0.05  # the cosine learning-rate schedule decays to this fraction of
 class CWConfig:
     """Hyper-parameters of the C&W L2 attack (see :func:`cw`)."""
 
-    steps: int = 20
-    binary_search_steps: int = 5
+    steps: int = 25
+    binary_search_steps: int = 3
     initial_const: float = 0.1
     confidence: float = 0.0
     lr: float = 0.2
@@ -69,44 +69,52 @@ def _cw_l2_kernel(config: CWConfig) -> Kernel:
         w_max = math.atanh(1 - _SQUASH)
         total, check_every = config.steps * config.binary_search_steps, max(10, config.steps // 10)
         for round_ in range(config.binary_search_steps):
-            m, v = torch.zeros_like(w), torch.zeros_like(w)
             hit = torch.zeros(n, dtype=torch.bool, device=x.device)
-            moving = torch.ones_like(hit)  # abort early per example, so chunking never changes a result
+            # The examples still optimised this round, and their state. An example stops (aborts early) on its
+            # own, so chunking never changes a result; stopped examples leave the batch, so they cost nothing.
+            idx = torch.arange(n, device=x.device)
+            wa, xs, ys, cs = w.detach(), x, y, const
+            m, v = torch.zeros_like(w), torch.zeros_like(w)
             low, prev = torch.full_like(const, math.inf), torch.full_like(const, math.inf)
             for t in range(1, config.steps + 1):
-                w.requires_grad_(True)
+                wa.requires_grad_(True)
                 with torch.enable_grad():
-                    xa = lo + span * (torch.tanh(w) + 1) / 2
-                    gap = x - xa  # snap the tiny reconstruction error of untouched inputs (straight through)
+                    xa = lo + span * (torch.tanh(wa) + 1) / 2
+                    gap = xs - xa  # snap the tiny reconstruction error of untouched inputs (straight through)
                     xa = xa + (gap * (gap.abs() <= span * _SQUASH)).detach()
                     logits = ctx.forward(xa)
-                    l2 = (xa - x).flatten(1).pow(2).sum(1)
-                    margin = margin_objective(logits, y, ctx.targeted)  # > 0: adversarial
-                    loss = l2 + const * (kappa - margin).clamp(min=0)
-                    (grad,) = torch.autograd.grad(loss.sum(), w)
-                ctx.n_backward += n
+                    l2 = (xa - xs).flatten(1).pow(2).sum(1)
+                    margin = margin_objective(logits, ys, ctx.targeted)  # > 0: adversarial
+                    loss = l2 + cs * (kappa - margin).clamp(min=0)
+                    (grad,) = torch.autograd.grad(loss.sum(), wa)
+                ctx.n_backward += idx.shape[0]
                 with torch.no_grad():
-                    w = w.detach()
-                    adv = is_adversarial(logits, y, ctx.targeted) & (margin >= kappa)
-                    hit |= adv
-                    better = adv & (l2 < best_l2)
-                    best_l2 = torch.where(better, l2, best_l2)
-                    best_adv = torch.where(better.view(view), xa.detach(), best_adv)
+                    wa = wa.detach()
+                    adv = is_adversarial(logits, ys, ctx.targeted) & (margin >= kappa)
+                    hit[idx] |= adv
+                    better = adv & (l2 < best_l2[idx])
+                    best_l2[idx] = torch.where(better, l2, best_l2[idx])
+                    best_adv[idx] = torch.where(better.view(-1, *view[1:]), xa.detach(), best_adv[idx])
                     # Adam, with a cosine learning-rate schedule over the whole attack
                     frac = (round_ * config.steps + t - 1) / total
                     lr = config.lr * (_LR_FLOOR + (1 - _LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * frac)))
                     m.mul_(_BETA1).add_(grad, alpha=1 - _BETA1)
                     v.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
                     step = m / (v.sqrt() / math.sqrt(1 - _BETA2**t) + _ADAM_EPS) * (lr / (1 - _BETA1**t))
-                    w -= step * moving.view(view)
-                    w.clamp_(-w_max, w_max)  # deep in tanh's tails gradients turn denormal (slow) and stuck
+                    wa = (wa - step).clamp_(-w_max, w_max)  # deep in tanh's tails gradients turn denormal (slow)
                     if config.abort_early:
                         low = torch.minimum(low, loss.detach())
                         if t % check_every == 0:
-                            moving &= hit | (low < 0.9999 * prev)  # stalled short of the boundary: c too small
+                            moving = hit[idx] | (low < 0.9999 * prev)  # stalled short of the boundary: c too small
                             prev = low.clone()
-                            if not bool(moving.any()):
+                            if not bool(moving.all()):
+                                w = w.index_copy(0, idx, wa)
+                                keep = moving.nonzero().squeeze(1)
+                                idx, wa, xs, ys, cs = idx[keep], wa[keep], xs[keep], ys[keep], cs[keep]
+                                m, v, low, prev = m[keep], v[keep], low[keep], prev[keep]
+                            if idx.numel() == 0:
                                 break
+            w = w.index_copy(0, idx, wa)
             # Per-example binary search on the constant: success -> smaller, failure -> larger.
             upper = torch.where(hit, torch.minimum(upper, const), upper)
             lower = torch.where(hit, lower, torch.maximum(lower, const))
@@ -126,8 +134,8 @@ def cw(
     *,
     eps: float | Sequence[float],
     norm: str = "l2",
-    steps: int = 20,
-    binary_search_steps: int = 5,
+    steps: int = 25,
+    binary_search_steps: int = 3,
     initial_const: float = 0.1,
     confidence: float = 0.0,
     lr: float = 0.2,
@@ -146,16 +154,17 @@ def cw(
     ``steps`` iterations, ``c`` shrinks for examples that succeeded and grows (×10 until a success bounds
     it) for the others. Each example keeps its smallest successful iterate.
 
-    Built to be fast: at most ``steps * binary_search_steps`` = 100 gradient evaluations by default, where
+    Built to be fast: at most ``steps * binary_search_steps`` = 75 gradient evaluations by default, where
     the original runs up to 9 × 10,000 (and peers' defaults 500-1,000). What makes few iterations enough: a
     larger learning rate (0.2) on a cosine schedule over the whole attack, decaying to 5% of ``lr``; a
     squashing margin so that inputs at a bound (most MNIST pixels) leave it within a few dozen steps; rounds
     after the first warm-start from each example's best adversarial point (Adam's moments reset); a
     constant search starting at 0.1 (the paper's 1e-3 spends rounds on failures with logit-scale models);
     and a per-example early abort of a round once the loss of a not-yet-adversarial example stops improving
-    (checked every ``max(10, steps // 10)`` iterations; the round ends when every example has stopped). On a
-    small MNIST CNN the default finds a median L2 about 20% below DeepFool's; ``steps=50`` (250 evaluations)
-    lowers it by another 5% and converges more tightly on easy (near-linear) problems.
+    (checked every ``max(10, steps // 10)`` iterations; stopped examples leave the batch and the round ends
+    when every example has stopped). On a small MNIST CNN (128 test images) the default finds a median L2
+    about 15% below DeepFool's and within 0.5% of 5 rounds × 20 iterations; 4 × 25 lowers it by 1.5%, and
+    more iterations converge more tightly on easy (near-linear) problems.
 
     Threat model: the attack runs once, without a budget; every L2 budget in ``eps`` is then filled by
     projecting the perturbation onto its ball and re-checking success.
@@ -163,8 +172,8 @@ def cw(
     Args:
         model: returns logits for inputs within its bounds. x: ``(N, ...)`` inputs. y: ``(N,)`` labels (targets
             when ``targeted``). eps: L2 budget or list of budgets (raw input units). norm: ``l2`` only.
-        steps: Adam iterations per binary-search round (default 20).
-        binary_search_steps: rounds of the search over ``c`` (default 5).
+        steps: Adam iterations per binary-search round (default 25).
+        binary_search_steps: rounds of the search over ``c`` (default 3).
         initial_const: the first ``c`` (default 0.1). confidence: ``κ`` ≥ 0, the margin a success needs
             (default 0). lr: Adam's initial learning rate in ``w`` space (default 0.2).
         abort_early: stop optimising an example whose loss stopped improving (default ``True``).
