@@ -49,6 +49,7 @@ from common import (
     DEFAULT_DATA_ROOT,
     DEFAULT_WORK_DIR,
     benchmark_model,
+    ensure_steady_malloc,
     machine_info,
     markdown_table,
     timed,
@@ -623,7 +624,9 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"Measured {m['date']} on {m['cpu']} ({m['logical_cores']} logical cores, shared with other work; load "
         f"average at start {load}), device {m['device']}, torch {m['torch']}, {m['torch_threads']} intra-op "
-        f"threads, advlab at commit {m.get('commit')}. Libraries: {libraries}.",
+        f"threads, advlab at commit {m.get('commit')}. Libraries: {libraries}. glibc malloc: "
+        + (", ".join(f"{k}={v}" for k, v in m["malloc"].items()) if any((m.get("malloc") or {}).values())
+           else "defaults") + ".",
         (f"Model: {m['model']['name']} trained on {m['model']['dataset']} (test accuracy "
          f"{100 * (m['model']['metrics'] or {}).get('test_accuracy', float('nan')):.2f}%). " if m.get("model") else "")
         + f"MNIST test images: the first {m['n']} (minimum-norm attacks: the first {m['n_min_norm']}) as one batch; "
@@ -696,9 +699,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="Markdown output (default: WORK_DIR/attacks.md).")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="Keep glibc malloc's defaults (by default the script re-runs itself with freed memory "
+                             "kept in the process: see common.STEADY_MALLOC).")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--render", type=Path, default=None, help="Only re-render the table of a results JSON.")
     args = parser.parse_args(argv)
+    if argv is None and not args.default_malloc and args.render is None:
+        ensure_steady_malloc(sys.argv)
     if args.render is not None:
         print(render(json.loads(args.render.read_text())))
         return
