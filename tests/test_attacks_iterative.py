@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from advlab.attacks import bim, fgm, fgsm, illc, mifgsm, pgd, rfgsm
+from advlab.attacks.base import AttackContext
 from advlab.attacks.bim import bim_schedule
 from advlab.models.classifier import Classifier
 from advlab.threat import lp_norm, random_targets
@@ -178,6 +179,23 @@ def test_cost_accounting() -> None:
     assert (r.n_forward, r.n_backward) == (8 * (1 + 2 * 2 + 2), 8 * (1 + 2 * 2))
     r = rfgsm(model, x, y, eps=0.1)
     assert (r.n_forward, r.n_backward) == (8 * 3, 8)
+
+
+def test_context_takes_the_clean_logits_from_an_evaluation_at_the_clean_input() -> None:
+    model = small_cnn()
+    x = torch.rand(8, 1, 6, 6)
+    ctx = AttackContext(model, (0.0, 1.0), None, False)
+    seen: list[torch.Tensor] = []
+    ctx.begin_chunk(x, seen.append, None)
+    assert ctx.num_classes == 5 and ctx.n_forward == 1  # unknown yet: a one-example probe
+    ctx.logits((x + 0.1).clamp(0, 1))  # another input: not taken
+    assert not seen
+    z = ctx.logits(x.clone())  # the same values: validated and taken
+    assert len(seen) == 1 and torch.equal(seen[0], z)
+    assert torch.equal(ctx.clean_logits(), z) and ctx.n_forward == 1 + 8 + 8  # nothing run again
+    ctx.begin_chunk(x[:4], seen.append, None)  # a new chunk forgets the old clean logits
+    ctx.clean_logits()
+    assert ctx.n_forward == 17 + 4 and len(seen) == 2
 
 
 def test_shared_first_gradient_changes_no_result() -> None:
