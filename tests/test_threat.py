@@ -128,6 +128,24 @@ def test_random_init_is_inside_and_spread(norm: str) -> None:
         assert float(norms.mean()) == pytest.approx(eps * d / (d + 1), rel=0.01)
 
 
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_radial_random_init_has_a_uniform_radius(norm: str) -> None:
+    eps, n = 0.7, 4000
+    like = torch.zeros(n, 1, 3, 4, dtype=torch.float64)
+    delta = LpBall(norm, eps).random_init(like, torch.Generator().manual_seed(0), radial=True)
+    radius = lp_norm(delta, norm)
+    assert bool((radius <= eps + 1e-12).all())
+    # Uniform on [0, eps]: mean eps / 2, and a quarter of the draws below eps / 4.
+    assert float(radius.mean()) == pytest.approx(eps / 2, rel=0.03)
+    assert float((radius < eps / 4).double().mean()) == pytest.approx(0.25, abs=0.03)
+    flat = delta.reshape(n, -1)
+    assert float(flat.mean(dim=0).abs().max()) < 0.05 * eps
+    assert float((flat > 0).double().mean()) == pytest.approx(0.5, abs=0.03)
+    linf = LpBall("linf", eps)
+    assert torch.equal(linf.random_init(like, torch.Generator().manual_seed(1), radial=True),
+                       linf.random_init(like, torch.Generator().manual_seed(1)))
+
+
 def test_random_init_reproducible_with_generator() -> None:
     like = torch.zeros(5, 8)
     for norm in NORMS:

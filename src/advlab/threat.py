@@ -128,26 +128,34 @@ class LpBall:
         eps_t = torch.as_tensor(self.eps, dtype=delta.dtype, device=delta.device)
         return lp_norm(delta, self.norm) <= eps_t * (1 + tol) + tol
 
-    def random_init(self, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def random_init(self, like: Tensor, generator: torch.Generator | None = None, *, radial: bool = False) -> Tensor:
         """A perturbation drawn uniformly from the ball, shaped like ``like``.
 
         linf: uniform per coordinate; l2: uniform in the ball (Gaussian direction, radius ``eps * U^(1/d)``);
         l1: uniform in the ball (exponential spacings with random signs).
+
+        ``radial=True`` (l2, l1) draws the radius uniformly from ``[0, eps]`` instead, with the same uniform
+        direction. In high dimension a point uniform in the ball lies almost on its surface, so this keeps
+        random starts closer to ``x``; linf is unchanged.
         """
         n = like.shape[0]
         d = like[0].numel()
         shape = tuple(like.shape)
+        view = (-1, *([1] * (like.ndim - 1)))
         e = _per_example(self.eps, like)
         if self.norm == "linf":
             return (2 * _rand("uniform", shape, like, generator) - 1) * e
         if self.norm == "l2":
             direction = _rand("normal", shape, like, generator)
-            direction = direction / lp_norm(direction, "l2").clamp(min=_TINY).reshape(-1, *([1] * (like.ndim - 1)))
-            radius = _rand("uniform", (n,), like, generator).pow(1.0 / d)
-            return direction * radius.reshape(-1, *([1] * (like.ndim - 1))) * e
+            direction = direction / lp_norm(direction, "l2").clamp(min=_TINY).reshape(view)
+            radius = _rand("uniform", (n,), like, generator)
+            return direction * (radius if radial else radius.pow(1.0 / d)).reshape(view) * e
         spacings = _rand("exponential", (n, d + 1), like, generator)
-        point = spacings[:, :d] / spacings.sum(dim=1, keepdim=True)
+        # Uniform in the ball: the first d of d + 1 normalised spacings. On the sphere: normalise d of them.
+        point = spacings[:, :d] / (spacings[:, :d] if radial else spacings).sum(dim=1, keepdim=True)
         signs = torch.where(_rand("uniform", (n, d), like, generator) < 0.5, -1.0, 1.0).to(like.dtype)
+        if radial:
+            point = point * _rand("uniform", (n, 1), like, generator)
         return (point * signs).reshape(shape) * e
 
     def steepest_step(
