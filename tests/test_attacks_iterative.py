@@ -299,3 +299,41 @@ def test_l2_and_l1_pgd_on_mnist(mnist_cnn: nn.Module, mnist_200: tuple[torch.Ten
     l1 = pgd(mnist_cnn, x, y, eps=[5.0, 15.0], norm="l1", steps=10, generator=seed())
     assert float(l1.robust_accuracy[1]) < 0.35 and float(l1.robust_accuracy[1]) < float(l1.robust_accuracy[0])
     assert bool((l1.norms[1] <= 15.0 * (1 + 1e-5)).all())
+
+
+@pytest.mark.parametrize(("attack", "kwargs"), [
+    (pgd, {"norm": "linf"}), (pgd, {"norm": "l2"}), (pgd, {"norm": "l1"}), (pgd, {"norm": "linf", "restarts": 3}),
+    (bim, {"norm": "linf"}), (bim, {"norm": "l2", "targeted": True}),
+])
+def test_early_stop_keeps_every_success_for_fewer_passes(attack: Any, kwargs: dict[str, Any]) -> None:
+    model = small_cnn()
+    x = torch.rand(16, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(16) % 5
+    if kwargs.get("targeted"):
+        y = (y + 1) % 5
+    eps = [0.3, 1.0] if kwargs["norm"] == "linf" else [1.0, 3.0]
+    run = {"steps": 8, **kwargs}
+    if attack is pgd:
+        run["generator"] = torch.Generator().manual_seed(2)
+    full = attack(model, x, y, eps=eps, **run)
+    if attack is pgd:
+        run["generator"] = torch.Generator().manual_seed(2)
+    quick = attack(model, x, y, eps=eps, early_stop=True, **run)
+    assert torch.equal(quick.success, full.success)
+    assert bool(quick.success.any()) and quick.n_backward < full.n_backward
+    assert quick.config["early_stop"] is True
+    if attack is bim:  # deterministic: chunks stop on their own, so the result does not depend on the batch
+        chunked = attack(model, x, y, eps=eps, early_stop=True, batch_size=5, **run)
+        torch.testing.assert_close(chunked.x_adv, quick.x_adv, rtol=0, atol=1e-5)
+
+
+def test_early_stop_returns_the_first_adversarial_iterate() -> None:
+    model = small_cnn()
+    x = torch.rand(16, 1, 6, 6, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(16) % 5
+    many = bim(model, x, y, eps=0.5, steps=8, step_size=0.05, early_stop=True)
+    for k in range(2, 9):  # an example that first succeeds at step k is returned as BIM's k-th iterate
+        prefix = bim(model, x, y, eps=0.5, steps=k, step_size=0.05)
+        first = prefix.success[0] & ~bim(model, x, y, eps=0.5, steps=k - 1, step_size=0.05).success[0]
+        if bool(first.any()):
+            torch.testing.assert_close(many.x_adv[0][first], prefix.x_adv[0][first])

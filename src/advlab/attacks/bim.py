@@ -54,8 +54,11 @@ class BIMConfig:
     steps: int | None = None
     step_size: float | None = None
     loss: str = "ce"
+    early_stop: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.early_stop, bool):
+            raise TypeError(f"early_stop must be a bool, got {type(self.early_stop).__name__}")
         if self.steps is not None:
             check_positive_int("steps", self.steps)
         if self.step_size is not None:
@@ -72,7 +75,7 @@ def _bim_kernel(config: BIMConfig, norm: str) -> Kernel:
         ball = LpBall(norm, eps)
         step = steepest(ball, alpha, ctx.bounds)
         return iterate(ctx, x, y, x, ball=ball, steps=steps, step=step, loss=config.loss,
-                       true_labels=ctx.true_labels)[0]
+                       true_labels=ctx.true_labels, early_stop=config.early_stop)[0]
 
     return kernel
 
@@ -88,6 +91,7 @@ def bim(
     steps: int | None = None,
     step_size: float | None = None,
     loss: str = "ce",
+    early_stop: bool = False,
     targeted: bool = False,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
@@ -105,8 +109,9 @@ def bim(
             (default), ``l2`` or ``l1``. steps: iterations; ``None`` uses the paper's ``min(ε+4, 1.25ε)`` on
             the 0-255 scale (L∞; 10 for L2/L1). step_size: ``α``; ``None`` is 1/255 of the bounds range (L∞;
             ``1.25 eps / steps`` for L2/L1). loss: ``ce`` (default), ``margin`` or ``dlr``.
-            generator: unused (deterministic). batch_size: chunk size. true_labels: true classes of a targeted
-            run (checked to differ from the targets).
+            early_stop: stop each example at its first adversarial iterate and return it (default ``False``;
+            see :func:`~advlab.attacks.pgd`). generator: unused (deterministic). batch_size: chunk size.
+            true_labels: true classes of a targeted run (checked to differ from the targets).
 
     Example:
         >>> import torch, advlab
@@ -115,7 +120,7 @@ def bim(
         >>> bool((r.norms <= 8 / 255 + 1e-6).all())
         True
     """
-    config = BIMConfig(steps=steps, step_size=step_size, loss=loss)
+    config = BIMConfig(steps=steps, step_size=step_size, loss=loss, early_stop=early_stop)
     norm = check_norm(norm)
     return run_attack(
         "bim", model, x, y, eps=eps, norm=norm, kernel=_bim_kernel(config, norm), config=config,
@@ -175,6 +180,7 @@ def illc(
     steps: int | None = None,
     step_size: float | None = None,
     loss: str = "ce",
+    early_stop: bool = False,
     targeted: bool = False,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
@@ -204,7 +210,7 @@ def illc(
             "illc chooses its own targets (the least-likely classes), so targeted=True is not supported; "
             "use bim(..., targeted=True) with your target classes"
         )
-    config = BIMConfig(steps=steps, step_size=step_size, loss=loss)
+    config = BIMConfig(steps=steps, step_size=step_size, loss=loss, early_stop=early_stop)
     norm = check_norm(norm)
     validate_eps(eps)
     targets = _least_likely(model, x, y, batch_size)  # never the true class, which the engine re-checks
