@@ -62,7 +62,8 @@ DISTRIBUTIONS = {
     "advlab": "advlab", "torchattacks": "torchattacks", "art": "adversarial-robustness-toolbox",
     "foolbox": "foolbox", "cleverhans": "cleverhans",
 }
-OWN_ROWS = ("advlab", "advlab-defaults", "limit")  # rows that are not peers
+OWN_ROWS = ("advlab", "advlab-defaults", "advlab-early-stop", "limit")  # rows that are not peers
+EARLY_STOP = ("bim", "pgd-linf", "pgd-l2")  # attacks also run with early_stop=True (row advlab-early-stop)
 UNBOUNDED = 1e3  # budget for minimum-norm attacks: far larger than any image's L2 diameter
 
 
@@ -452,9 +453,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             cells: dict[str, dict[str, Any]] = {}
             runners: dict[str, Runner] = {}
             # C&W also runs with advlab's own defaults (fewer iterations, larger learning rate): what users get.
-            row_libs = [*libs, "advlab-defaults"] if key == "cw" and "advlab" in libs else libs
+            row_libs = [*libs, "advlab-defaults"] if key == "cw" and "advlab" in libs else list(libs)
+            if key in EARLY_STOP and "advlab" in libs:  # the same attack, each example stopped once broken
+                row_libs.append("advlab-early-stop")
             for lib in row_libs:
-                dist = "advlab" if lib == "advlab-defaults" else lib
+                dist = "advlab" if lib.startswith("advlab") else lib
                 cell: dict[str, Any] = {"attack": key, "library": lib, "n": n, "times": [],
                                         "rounds": [None] * args.repeats, "version": installed[dist]}
                 cells[lib] = cell
@@ -464,6 +467,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 try:
                     if lib == "advlab-defaults":
                         runners[lib] = advlab_runner(replace(s, params={}), n, device)
+                        continue
+                    if lib == "advlab-early-stop":
+                        runners[lib] = advlab_runner(replace(s, params={**s.params, "early_stop": True}), n, device)
                         continue
                     runners[lib] = RUNNERS[lib](s, n, device)
                 except Skip as why:
@@ -588,11 +594,12 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
             out.append((f"{key}: ≤ 1.15× physical limit", f"{ratio:.2f}×", ratio <= 1.15))
     for key, libs in by.items():
         peers = [r for lib, r in libs.items() if lib not in OWN_ROWS and r.get("best")]
-        for own in ("advlab", "advlab-defaults"):
+        for own in ("advlab", "advlab-defaults", "advlab-early-stop"):
             if own not in libs or not peers:
                 continue
             adv = libs[own]
-            who = "" if own == "advlab" else " (advlab defaults)"
+            who = {"advlab": "", "advlab-defaults": " (advlab defaults)",
+                   "advlab-early-stop": " (advlab, early_stop=True)"}[own]
             if not adv.get("best"):
                 out.append((f"{key}{who}: as fast as the fastest peer at the same strength",
                             f"advlab: {adv.get('status', 'no run')}", None))
