@@ -23,8 +23,9 @@ def iterate(
     ``Π`` projects onto ``x + ball`` and clips to the model's bounds. Each step's forward pass tells whether
     its iterate is adversarial; the last such iterate (after the start) is kept, so a later step cannot lose
     a success. With ``early_stop`` an example leaves the batch at its first adversarial iterate, which is
-    kept: the same examples succeed, for less work (``step`` must then be stateless: it sees only the rows
-    still running). With ``final_check`` one more forward pass evaluates the final iterate.
+    kept: the same examples succeed, for less work (``step`` sees only the rows still running; a step with
+    state per example offers ``keep(mask)`` to narrow it). With ``final_check`` one more forward pass
+    evaluates the final iterate.
 
     ``loss`` is ascended (see :func:`~advlab.attacks.losses.objective`); a targeted DLR loss uses
     ``true_labels`` (the true classes) when given, in Croce & Hein's form.
@@ -65,6 +66,9 @@ def iterate(
                 keep = ~adv
                 idx, x_t, grad, value_t, xs, ys = idx[keep], x_t[keep], grad[keep], value_t[keep], xs[keep], ys[keep]
                 ts = None if ts is None else ts[keep]
+                narrow = getattr(step, "keep", None)
+                if narrow is not None:
+                    narrow(keep)
                 box = None if box is None else (box[0][keep], box[1][keep])
                 if idx.numel() == 0:
                     return best, found, value

@@ -33,8 +33,11 @@ class MIFGSMConfig:
     step_size: float | None = None
     decay: float = 1.0
     loss: str = "ce"
+    early_stop: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.early_stop, bool):
+            raise TypeError(f"early_stop must be a bool, got {type(self.early_stop).__name__}")
         check_positive_int("steps", self.steps)
         if self.step_size is not None:
             check_positive_float("step_size", self.step_size)
@@ -43,19 +46,30 @@ class MIFGSMConfig:
             raise ValueError(f"unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")
 
 
+class _Momentum:
+    """The momentum step: state ``g`` per example, narrowed with the batch when examples stop early."""
+
+    def __init__(self, like: Tensor, step_size: float, decay: float, norm: str) -> None:
+        self.g = torch.zeros_like(like)
+        self.view = (-1, *([1] * (like.ndim - 1)))
+        self.step_size, self.decay, self.norm = step_size, decay, norm
+
+    def __call__(self, grad: Tensor, _x: Tensor) -> Tensor:
+        self.g.mul_(self.decay).add_(grad / lp_norm(grad, "l1").clamp(min=1e-12).view(self.view))
+        if self.norm == "linf":
+            return self.g.sign().mul_(self.step_size)
+        return self.g * (self.step_size / lp_norm(self.g, "l2").clamp(min=1e-12).view(self.view))
+
+    def keep(self, rows: Tensor) -> None:
+        """Keeps the state of ``rows`` (a boolean mask over the running examples) only."""
+        self.g = self.g[rows]
+
+
 def momentum_step(like: Tensor, step_size: float, decay: float, norm: str) -> StepFn:
     """``g <- decay * g + grad / ||grad||_1`` (per example), then a step of L_p length ``step_size`` along
-    ``g``: ``sign(g)`` for L∞, ``g / ||g||_2`` for L2. ``g`` starts at zero and lives in the closure."""
-    g = torch.zeros_like(like)
-    view = (-1, *([1] * (like.ndim - 1)))
-
-    def step(grad: Tensor, _x: Tensor) -> Tensor:
-        g.mul_(decay).add_(grad / lp_norm(grad, "l1").clamp(min=1e-12).view(view))
-        if norm == "linf":
-            return g.sign().mul_(step_size)
-        return g * (step_size / lp_norm(g, "l2").clamp(min=1e-12).view(view))
-
-    return step
+    ``g``: ``sign(g)`` for L∞, ``g / ||g||_2`` for L2. ``g`` starts at zero and lives in the step object,
+    which :func:`~advlab.attacks.iterative.iterate` narrows when examples stop early."""
+    return _Momentum(like, step_size, decay, norm)
 
 
 def _mifgsm_kernel(config: MIFGSMConfig, norm: str) -> Kernel:
@@ -64,7 +78,7 @@ def _mifgsm_kernel(config: MIFGSMConfig, norm: str) -> Kernel:
         step = momentum_step(x, alpha, config.decay, norm)
         ball = LpBall(norm, eps)
         return iterate(ctx, x, y, x, ball=ball, steps=config.steps, step=step, loss=config.loss,
-                       true_labels=ctx.true_labels)[0]
+                       true_labels=ctx.true_labels, early_stop=config.early_stop)[0]
 
     return kernel
 
@@ -81,6 +95,7 @@ def mifgsm(
     step_size: float | None = None,
     decay: float = 1.0,
     loss: str = "ce",
+    early_stop: bool = False,
     targeted: bool = False,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
@@ -98,8 +113,9 @@ def mifgsm(
             (targets when ``targeted``). eps: budget or list of budgets, raw input units. norm: ``linf``
             (default) or ``l2``. steps: iterations (default 10). step_size: ``α``; ``None`` is ``eps / steps``.
             decay: momentum ``μ`` (default 1.0; 0 gives BIM). loss: ``ce`` (default), ``margin`` or ``dlr``.
-            generator: unused (deterministic). batch_size: chunk size. true_labels: true classes of a
-            targeted run (checked to differ from the targets).
+            early_stop: stop each example at its first adversarial iterate and return it (default ``False``;
+            see :func:`~advlab.attacks.pgd`). generator: unused (deterministic). batch_size: chunk size.
+            true_labels: true classes of a targeted run (checked to differ from the targets).
 
     Example:
         >>> import torch, advlab
@@ -108,7 +124,7 @@ def mifgsm(
         >>> bool((r.norms <= 0.1 + 1e-6).all())
         True
     """
-    config = MIFGSMConfig(steps=steps, step_size=step_size, decay=decay, loss=loss)
+    config = MIFGSMConfig(steps=steps, step_size=step_size, decay=decay, loss=loss, early_stop=early_stop)
     norm = check_norm(norm, ("linf", "l2"))
     return run_attack(
         "mifgsm", model, x, y, eps=eps, norm=norm, kernel=_mifgsm_kernel(config, norm), config=config,
