@@ -254,7 +254,7 @@ def test_pgd_and_bim_beat_fgsm_on_mnist(mnist_cnn: nn.Module, mnist_200: tuple[t
     ("attack", "kwargs"),
     [
         (pgd, {"steps": 10}),
-        (pgd, {"steps": 10, "loss": "dlr"}),
+        (pgd, {"steps": 20, "loss": "dlr"}),  # targeted DLR at 10 steps: 89-91 %, too close to the bar
         (bim, {"steps": 10, "step_size": 0.05}),
         (mifgsm, {"steps": 10, "step_size": 0.05}),
     ],

@@ -93,7 +93,7 @@ def test_cw_l2_linear_binary_near_optimum() -> None:
     optimum = f.abs() / w.norm()
     nearest = x.flatten(1) - (f / w.norm() ** 2)[:, None] * w
     assert bool(((nearest >= 0) & (nearest <= 1)).all())
-    quick = cw(model, x, y, eps=10.0)  # defaults: 3 rounds of 25 steps
+    quick = cw(model, x, y, eps=10.0)  # defaults: 4 rounds of 20 steps
     r = cw(model, x, y, eps=10.0, steps=50, binary_search_steps=5)
     for result in (quick, r):
         assert bool(result.success.all())
@@ -175,13 +175,13 @@ def test_deepfool_fills_every_budget_from_one_run_on_mnist(
 def test_cw_beats_deepfool_on_mnist(mnist_cnn: nn.Module, mnist_points: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = (t[:32] for t in mnist_points)
     fool = deepfool(mnist_cnn, x, y, eps=10.0)
-    carlini = cw(mnist_cnn, x, y, eps=10.0)  # the defaults: 3 rounds of 25 steps
+    carlini = cw(mnist_cnn, x, y, eps=10.0)  # the defaults: 4 rounds of 20 steps
     ok = carlini.success[0] & carlini.clean_correct
     assert float(ok.sum()) >= 0.95 * float(carlini.clean_correct.sum())
     both = ok & fool.success[0]
     # DeepFool stops just past a linearised boundary; C&W optimises the norm itself (about 5 % smaller here).
     assert float(carlini.norms[0][both].median()) < 0.98 * float(fool.norms[0][both].median())
-    assert carlini.n_backward <= 75 * x.shape[0]
+    assert carlini.n_backward <= 80 * x.shape[0]
 
 
 @pytest.mark.slow
