@@ -43,7 +43,12 @@ def _trained(
     torch.manual_seed(0)
     model = create_model(model_name, dataset=dataset)
     torch.random.set_rng_state(gen_state)
-    fit(model, x[:n_train], y[:n_train], epochs=epochs, batch_size=128, lr=1e-3, seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same model on every run: reductions split over threads change the float sums
+    try:
+        fit(model, x[:n_train], y[:n_train], epochs=epochs, batch_size=128, lr=1e-3, seed=0)
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     save_checkpoint(model, cache_dir, dataset=dataset, seed=0)
     return load_checkpoint(cache_dir)
