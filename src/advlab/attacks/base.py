@@ -145,18 +145,19 @@ class AttackContext:
         return self._clean_logits
 
     def _observe(self, x: Tensor, logits: Tensor) -> None:
-        if self._num_classes is None:
-            check_logits(logits, x.shape[0])
-            self._num_classes = logits.shape[1]
         clean = self._clean_x
-        if (
+        is_clean = (
             clean is not None and self._clean_logits is None and x.shape == clean.shape
             and (x is clean or torch.equal(x, clean))
-        ):
-            out = logits.detach()
-            if self._check_clean is not None:
-                self._check_clean(out)
-            self._clean_logits = out
+        )
+        if is_clean and self._check_clean is not None:
+            self._check_clean(logits.detach())  # the logits themselves, then the labels against them
+        elif self._num_classes is None:
+            check_logits(logits, x.shape[0])
+        if self._num_classes is None:
+            self._num_classes = logits.shape[1]
+        if is_clean:
+            self._clean_logits = logits.detach()
 
     def logits(self, x: Tensor) -> Tensor:
         """Forward pass without gradient tracking (counted)."""
@@ -482,6 +483,13 @@ def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
     """Validates an integer hyper-parameter."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: object) -> bool:
+    """Validates a flag hyper-parameter."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return value
 
 

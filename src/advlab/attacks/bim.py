@@ -18,6 +18,7 @@ from advlab.attacks.base import (
     AttackContext,
     AttackResult,
     Kernel,
+    check_bool,
     check_logits,
     check_positive_float,
     check_positive_int,
@@ -57,8 +58,7 @@ class BIMConfig:
     early_stop: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.early_stop, bool):
-            raise TypeError(f"early_stop must be a bool, got {type(self.early_stop).__name__}")
+        check_bool("early_stop", self.early_stop)
         if self.steps is not None:
             check_positive_int("steps", self.steps)
         if self.step_size is not None:

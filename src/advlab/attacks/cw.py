@@ -16,6 +16,7 @@ from advlab.attacks.base import (
     AttackContext,
     AttackResult,
     Kernel,
+    check_bool,
     check_positive_float,
     check_positive_int,
     register_attack,
@@ -49,8 +50,7 @@ class CWConfig:
         check_positive_float("initial_const", self.initial_const)
         check_positive_float("confidence", self.confidence, allow_zero=True)
         check_positive_float("lr", self.lr)
-        if not isinstance(self.abort_early, bool):
-            raise TypeError(f"abort_early must be a bool, got {type(self.abort_early).__name__}")
+        check_bool("abort_early", self.abort_early)
 
 
 def _cw_l2_kernel(config: CWConfig) -> Kernel:
@@ -212,8 +212,7 @@ class CWLinfConfig:
         if self.step_size is not None:
             check_positive_float("step_size", self.step_size)
         check_positive_float("confidence", self.confidence, allow_zero=True)
-        if not isinstance(self.random_start, bool):
-            raise TypeError(f"random_start must be a bool, got {type(self.random_start).__name__}")
+        check_bool("random_start", self.random_start)
 
 
 def _cw_linf_kernel(config: CWLinfConfig) -> Kernel:

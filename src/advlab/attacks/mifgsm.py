@@ -15,6 +15,7 @@ from advlab.attacks.base import (
     AttackContext,
     AttackResult,
     Kernel,
+    check_bool,
     check_positive_float,
     check_positive_int,
     register_attack,
@@ -36,8 +37,7 @@ class MIFGSMConfig:
     early_stop: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.early_stop, bool):
-            raise TypeError(f"early_stop must be a bool, got {type(self.early_stop).__name__}")
+        check_bool("early_stop", self.early_stop)
         check_positive_int("steps", self.steps)
         if self.step_size is not None:
             check_positive_float("step_size", self.step_size)

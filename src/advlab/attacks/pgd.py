@@ -17,6 +17,7 @@ from advlab.attacks.base import (
     AttackContext,
     AttackResult,
     Kernel,
+    check_bool,
     check_positive_float,
     check_positive_int,
     register_attack,
@@ -48,14 +49,12 @@ class PGDConfig:
     def __post_init__(self) -> None:
         check_positive_int("steps", self.steps)
         check_positive_int("restarts", self.restarts)
-        if not isinstance(self.early_stop, bool):
-            raise TypeError(f"early_stop must be a bool, got {type(self.early_stop).__name__}")
+        check_bool("early_stop", self.early_stop)
         if self.step_size is not None:
             check_positive_float("step_size", self.step_size)
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")
-        if not isinstance(self.random_start, bool):
-            raise TypeError(f"random_start must be a bool, got {type(self.random_start).__name__}")
+        check_bool("random_start", self.random_start)
         if self.restarts > 1 and not self.random_start:
             raise ValueError("restarts > 1 repeat the same deterministic run without a random start; "
                              "set random_start=True or restarts=1")
