@@ -259,6 +259,13 @@ def test_bim_and_mifgsm_options() -> None:
         bim(model, x, y, eps=0.1, steps=0)
 
 
+@pytest.mark.parametrize("attack", [pgd, bim, illc, mifgsm])
+def test_early_stop_must_be_a_bool(attack: Any) -> None:
+    x, y = inputs()
+    with pytest.raises(TypeError, match="early_stop must be a bool, got str"):
+        attack(tiny_model(), x, y, eps=0.1, early_stop="yes")
+
+
 def test_rfgsm_alpha_must_fit_in_the_ball() -> None:
     x, y = inputs()
     with pytest.raises(ValueError, match=r"alpha=0\.2 exceeds the budget eps=0\.1"):
