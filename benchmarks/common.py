@@ -105,11 +105,15 @@ def benchmark_model(
     work_dir: Path, data_root: Path, *, checkpoint: Path | None = None, train_size: int = 60_000, epochs: int = 1,
     seed: int = 0, log: Callable[[str], None] = print,
 ) -> tuple[torch.nn.Module, Path]:
-    """The ``cnn-small`` MNIST model of the benchmarks: ``checkpoint`` when given, else trained once (first
-    ``train_size`` training images, ``epochs`` epochs, Adam 1e-3, batch 128) and cached in ``work_dir``."""
-    from advlab.data import load_dataset
-    from advlab.models import create_model, load_checkpoint, save_checkpoint
-    from advlab.train import evaluate_accuracy, fit
+    """The ``cnn-small`` MNIST model of the benchmarks: ``checkpoint`` when given, else trained once with
+    :func:`advlab.train.train_model` (``train_size`` training images, a random subset when fewer than 60,000;
+    ``epochs`` epochs, Adam 1e-3, batch 128, no schedule, ``seed``) and cached in ``work_dir``.
+
+    The same model as ``advlab train --model cnn-small --data mnist --epochs 1 --lr 1e-3 --batch-size 128
+    --optimizer adam --schedule none --seed 0`` (with ``--n-train`` for a smaller ``train_size``).
+    """
+    from advlab.models import load_checkpoint
+    from advlab.train import Recipe, save_run, train_model
 
     if checkpoint is not None:
         return load_checkpoint(checkpoint), checkpoint
@@ -117,15 +121,10 @@ def benchmark_model(
     if (path / "model.json").exists():
         return load_checkpoint(path), path
     log(f"training cnn-small on {train_size} MNIST images for {epochs} epoch(s); cached in {path}")
-    x, y = load_dataset("mnist", "train", root=data_root)
-    model = create_model("cnn-small", dataset="mnist", generator=torch.Generator().manual_seed(seed))
-    t0 = time.perf_counter()
-    fit(model, x[:train_size], y[:train_size], epochs=epochs, batch_size=128, lr=1e-3, seed=seed)
-    model.eval()
-    acc = evaluate_accuracy(model, *load_dataset("mnist", "test", root=data_root))
-    log(f"trained in {time.perf_counter() - t0:.0f} s, test accuracy {acc:.4f}")
-    save_checkpoint(model, path, dataset="mnist", seed=seed, metrics={"test_accuracy": acc},
-                    extra={"train_size": train_size, "epochs": epochs, "lr": 1e-3, "batch_size": 128})
+    recipe = Recipe(epochs=epochs, lr=1e-3, optimizer="adam", batch_size=128, schedule=None)
+    run = train_model("cnn-small", "mnist", recipe, seed=seed, data_root=data_root, n_train=train_size)
+    log(f"trained in {run.summary['seconds']:.0f} s, test accuracy {run.summary['test_accuracy']:.4f}")
+    save_run(run, path)
     return load_checkpoint(path), path
 
 

@@ -1,9 +1,9 @@
 """Training benchmark: test accuracy and time per epoch of the model zoo with its default recipes.
 
-Every row trains one model from scratch with ``advlab.train.fit`` and the recipe of
-``advlab.train.recipes`` (the same path as ``advlab train``), then measures the accuracy on the full test
-split and compares it with the row's target. Results go to a JSON file (rows are merged into it, so
-``--only`` runs update single rows) and a markdown table is printed.
+Every row trains one model from scratch with ``advlab.train.train_model`` and the recipe of
+``advlab.train.recipes`` (the same function as ``advlab train``, so the same seed gives the same model),
+then measures the accuracy on the full test split and compares it with the row's target. Results go to a
+JSON file (rows are merged into it, so ``--only`` runs update single rows) and a markdown table is printed.
 
 Usage::
 
@@ -20,16 +20,13 @@ import json
 import os
 import platform
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from advlab.data import load_dataset
-from advlab.models import create_model
-from advlab.train import ProgressBar, evaluate_accuracy, fit, get_recipe, prepare_model
+from advlab.train import ProgressBar, get_recipe, train_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"
@@ -85,19 +82,13 @@ def machine() -> dict[str, Any]:
 
 def run_row(row: Row, *, data_root: Path, seed: int, device: torch.device, epochs: int | None,
             progress: bool) -> dict[str, Any]:
-    """Trains and tests one row; returns its record."""
+    """Trains and tests one row with :func:`advlab.train.train_model`; returns its record."""
     recipe = get_recipe(row.model, row.data, epochs=epochs)
-    x, y = load_dataset(row.data, "train", root=data_root)
-    x_test, y_test = load_dataset(row.data, "test", root=data_root)
-    torch.manual_seed(seed)  # dropout
-    model = create_model(row.model, dataset=row.data, generator=torch.Generator().manual_seed(seed))
-    t0 = time.perf_counter()
-    prepare_model(model, x, generator=torch.Generator().manual_seed(seed))
-    prepare_seconds = time.perf_counter() - t0
-    model.to(device)
-    history = fit(model, x, y, seed=seed, device=device, callbacks=[ProgressBar()] if progress else [],
-                  **recipe.fit_kwargs())
-    test_accuracy = evaluate_accuracy(model, x_test, y_test)
+    run = train_model(row.model, row.data, recipe, seed=seed, device=device, data_root=data_root,
+                      callbacks=[ProgressBar()] if progress else [])
+    history, summary = run.history, run.summary
+    test_accuracy = summary["test_accuracy"]
+    prepare_seconds = summary["prepare_seconds"]
     seconds = history.seconds + prepare_seconds
     met = test_accuracy >= row.target
     if row.max_epochs is not None:
@@ -115,15 +106,15 @@ def run_row(row: Row, *, data_root: Path, seed: int, device: torch.device, epoch
         "met": met,
         "test_accuracy": test_accuracy,
         "train_accuracy": history.train_accuracy,
-        "n_train": len(x),
-        "n_test": len(x_test),
+        "n_train": summary["n_train"],
+        "n_test": summary["n_test"],
         "epochs": len(history.epochs),
         "seconds": seconds,
         "prepare_seconds": prepare_seconds,
         "seconds_per_epoch": history.seconds_per_epoch,
         "epoch_seconds": [r.seconds for r in history.epochs],
         "epoch_loss": [r.loss for r in history.epochs],
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in run.model.parameters()),
         "recipe": recipe.to_dict(),
         "seed": seed,
         "device": str(device),

@@ -1,13 +1,30 @@
-"""Shared fixtures: the real data beside the checkout and small trained models (cached between runs)."""
+"""Shared fixtures: one intra-op thread, the real data beside the checkout and small trained models (cached
+between runs, keyed by the code and settings that train them)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The code that decides a cached model's weights: a change to any of it retrains.
+_TRAINING_CODE = ("train", "models")
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for the test, restored after: tiny models gain nothing from more, on a loaded
+    machine several spinning threads per process slow training down many times over, and float sums split
+    over threads differ from run to run."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -18,40 +35,49 @@ def shared_data_root() -> Path:
     return SHARED_DATA
 
 
+def _code_hash() -> str:
+    """SHA-256 over the paths and bytes of every module of ``advlab.train`` and ``advlab.models`` (as imported)."""
+    import advlab
+
+    src = Path(advlab.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for package in _TRAINING_CODE:
+        for path in sorted((src / package).rglob("*.py")):
+            data = path.read_bytes()
+            digest.update(f"{path.relative_to(src).as_posix()}\0{len(data)}\0".encode())
+            digest.update(data)
+    return digest.hexdigest()
+
+
 def _trained(
     request: pytest.FixtureRequest,
-    key: str,
+    name: str,
     model_name: str,
     dataset: str,
     root: Path | None,
-    n_train: int,
+    n_train: int | None,
     epochs: int,
 ) -> torch.nn.Module:
-    """Trains ``model_name`` on the first ``n_train`` training examples, caching the checkpoint in pytest's cache."""
-    from advlab.data import load_dataset
-    from advlab.models import create_model, load_checkpoint, save_checkpoint
-    from advlab.train import fit
+    """``model_name`` trained with :func:`advlab.train.train_model` (Adam, lr 1e-3, batch 128, seed 0, one
+    thread) on ``n_train`` random training examples, cached in pytest's cache under a key hashed from the
+    training code and these settings, so a change to either retrains."""
+    from advlab.models import load_checkpoint
+    from advlab.train import Recipe, save_run, train_model
 
-    cache_dir = Path(request.config.cache.mkdir("advlab-models")) / key
+    recipe = Recipe(epochs=epochs, lr=1e-3, batch_size=128)
+    settings = {
+        "model": model_name, "dataset": dataset, "n_train": n_train, "recipe": recipe.to_dict(), "seed": 0,
+        "threads": 1, "torch": torch.__version__, "code": _code_hash(),
+    }
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    cache_dir = Path(request.config.cache.mkdir("advlab-models")) / f"{name}-{key}"
     if (cache_dir / "model.json").exists():
         try:
             return load_checkpoint(cache_dir)
         except (ValueError, OSError):
-            pass  # stale cache from an older format: retrain
-    x, y = load_dataset(dataset, "train", root=root)
-    # The same model on every run: the initialisation and dropout draw from the global RNG, seeded here (and
-    # restored after, for the other tests), and reductions split over threads change the float sums.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            model = create_model(model_name, dataset=dataset)
-            fit(model, x[:n_train], y[:n_train], epochs=epochs, batch_size=128, lr=1e-3, seed=0)
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
-    save_checkpoint(model, cache_dir, dataset=dataset, seed=0)
+            pass  # damaged: retrain
+    run = train_model(model_name, dataset, recipe, seed=0, data_root=root, n_train=n_train, threads=1)
+    save_run(run, cache_dir)
     return load_checkpoint(cache_dir)
 
 
@@ -65,11 +91,11 @@ def mnist_test(shared_data_root: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.fixture(scope="session")
 def mnist_cnn(request: pytest.FixtureRequest, shared_data_root: Path) -> torch.nn.Module:
-    """``cnn-small`` trained on 12,000 MNIST images for 2 epochs (about 98% test accuracy), in eval mode."""
+    """``cnn-small`` trained on 12,000 MNIST images for 2 epochs (about 97% test accuracy), in eval mode."""
     return _trained(request, "mnist-cnn-small-12k-2ep", "cnn-small", "mnist", shared_data_root, 12_000, 2)
 
 
 @pytest.fixture(scope="session")
 def digits_cnn(request: pytest.FixtureRequest) -> torch.nn.Module:
-    """``cnn-small`` trained on the bundled digits data (no files needed), in eval mode."""
-    return _trained(request, "digits-cnn-small", "cnn-small", "digits", None, 10_000, 15)
+    """``cnn-small`` trained on the bundled digits data for 15 epochs (no files needed), in eval mode."""
+    return _trained(request, "digits-cnn-small-15ep", "cnn-small", "digits", None, None, 15)

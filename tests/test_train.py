@@ -6,17 +6,21 @@ import copy
 import itertools
 import json
 import math
-from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import torch
 from torch import Tensor, nn
 
+from advlab.data import load_dataset
+from advlab.models import model_hash
 from advlab.models.classifier import Classifier
 from advlab.train import (
     Callback,
+    Recipe,
     StepContext,
     StepOutput,
     TrainState,
@@ -25,21 +29,15 @@ from advlab.train import (
     get_recipe,
     make_optimizer,
     make_scheduler,
+    save_run,
     standard_step,
+    train_model,
 )
 from advlab.train.loop import _batch_slices
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: one intra-op thread per test
+
 # ---------------------------------------------------------------- helpers
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread per test: these tiny models gain nothing from more, and on a loaded machine
-    several spinning threads per process slow training down many times over."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _blobs(n: int = 256, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -384,6 +382,70 @@ def test_every_zoo_model_has_a_recipe() -> None:
     assert zoo <= set(RECIPES)
 
 
+# ---------------------------------------------------------------- train_model, save_run
+
+
+def test_train_model_is_reproducible_and_restores_the_global_rng() -> None:
+    """Same seed, same weights (cnn-small has dropout, which draws from the global RNG); the caller's RNG is
+    left as it was."""
+    recipe = Recipe(epochs=1, lr=3e-3, batch_size=32)
+    state = torch.random.get_rng_state()
+    runs = [train_model("cnn-small", "digits", recipe, seed=s, n_train=96) for s in (5, 5, 6)]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert model_hash(runs[0].model) == model_hash(runs[1].model) != model_hash(runs[2].model)
+    assert runs[0].summary == {**runs[1].summary, "seconds": runs[0].summary["seconds"],
+                               "seconds_per_epoch": runs[0].summary["seconds_per_epoch"]}
+    s = runs[0].summary
+    assert s["n_train"] == 96 and s["n_test"] == 360 and s["data"] == "digits" and s["seed"] == 5
+    assert s["recipe"] == recipe.to_dict() and set(s["versions"]) >= {"advlab", "torch"}
+    assert s["test_accuracy"] == runs[0].history.test_accuracy
+    assert s["test_accuracy"] == evaluate_accuracy(runs[0].model, *load_dataset("digits", "test"))
+    assert not runs[0].model.training
+
+
+def test_train_model_on_tensors_matches_the_named_dataset(tmp_path: Path) -> None:
+    from advlab.models import load_checkpoint_metadata
+
+    recipe = Recipe(epochs=1, lr=1e-2)
+    by_name = train_model("softmax", "digits", recipe, seed=2)
+    tensors = (*load_dataset("digits", "train"), *load_dataset("digits", "test"))
+    by_tensors = train_model("softmax", tensors, recipe, dataset="digits", seed=2)
+    assert model_hash(by_name.model) == model_hash(by_tensors.model)
+    assert by_tensors.summary["test_accuracy"] == by_name.summary["test_accuracy"]
+    # Without a dataset name or a test split: raw inputs, classes from the labels, no test accuracy.
+    bare = train_model("softmax", tensors[:2], recipe, seed=2, threads=1)
+    assert bare.summary["data"] is None and bare.summary["test_accuracy"] is None and bare.summary["n_test"] == 0
+    assert bare.model.model_config["num_classes"] == 10
+    path = save_run(by_name, tmp_path / "ck")
+    meta = load_checkpoint_metadata(path)
+    assert meta["metrics"]["test_accuracy"] == by_name.summary["test_accuracy"]
+    assert meta["extra"]["recipe"] == recipe.to_dict() and meta["seed"] == 2 and meta["dataset"] == "digits"
+    assert len(meta["extra"]["history"]["epochs"]) == 1
+
+
+def test_train_model_threads_are_restored() -> None:
+    torch.set_num_threads(1)
+    run = train_model("softmax", "digits", Recipe(epochs=1, lr=1e-2), n_train=50, threads=2)
+    assert run.summary["torch_threads"] == 2
+    assert torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("args,kwargs,match", [
+    (("no-such-net", "digits"), {}, "unknown model 'no-such-net'"),
+    (("softmax", "no-such-data"), {}, "unknown dataset 'no-such-data'"),
+    (("softmax", "digits"), {"dataset": "mnist"}, "contradicts"),
+    (("softmax", (torch.rand(4, 1, 2, 2),)), {}, "tuple of tensors"),
+    (("softmax", (torch.rand(4, 1, 2, 2), torch.zeros(3, dtype=torch.long))), {}, "same N"),
+    (("softmax", "digits"), {"n_train": 0}, "n_train"),
+    (("softmax", "digits"), {"threads": 0}, "threads"),
+    (("softmax", "digits"), {"recipe": {"epochs": 1}}, "Recipe"),
+    (("softmax", "digits"), {"recipe": Recipe(epochs=1, lr=-1.0)}, "lr"),
+])
+def test_train_model_rejects_bad_arguments(args: tuple[Any, ...], kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        train_model(*args, **kwargs)
+
+
 # ---------------------------------------------------------------- CLI
 
 
@@ -396,7 +458,6 @@ def _invoke(args: list[str]) -> Any:
 
 
 def test_cli_train_writes_checkpoint_and_reproducible_summary(tmp_path: Path) -> None:
-    from advlab.data import load_dataset
     from advlab.models import load_checkpoint
 
     out = tmp_path / "ck"
@@ -450,3 +511,53 @@ def test_cnn_small_on_digits_reaches_97_percent_quickly(tmp_path: Path) -> None:
     assert summary["test_accuracy"] >= 0.97
     assert summary["seconds"] < 30
     assert (tmp_path / "demo" / "model.json").is_file()
+
+
+# A value for every Recipe field, each different from the softmax recipe's; a new field must be added here.
+_RECIPE_VALUES = {"epochs": 1, "lr": 0.05, "optimizer": "sgd", "batch_size": 32, "schedule": "onecycle",
+                  "weight_decay": 1e-4, "momentum": 0.5, "nesterov": True, "grad_clip": 2.0}
+
+
+def _option_args(values: dict[str, Any]) -> list[str]:
+    args = []
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            args += [flag, "none" if value is None else str(value)]
+    return args
+
+
+def test_cli_train_has_an_option_for_every_recipe_field() -> None:
+    from advlab.cli.train_cmd import train_command
+
+    options = {p.name: p for p in train_command.params if isinstance(p, click.Option)}
+    assert set(_RECIPE_VALUES) == {f.name for f in fields(Recipe)}
+    for f in fields(Recipe):
+        assert f.name in options, f"advlab train has no option for Recipe.{f.name}"
+        assert "--" + f.name.replace("_", "-") in options[f.name].opts
+        assert options[f.name].default is None  # unset means "the recipe's value"
+        assert options[f.name].help
+
+
+def test_cli_train_recipe_options_take_effect(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from advlab.cli.train_cmd import train_command
+
+    base = ["--model", "softmax", "--data", "digits", "--n-train", "64", "--no-progress", "--device", "cpu"]
+    assert all(get_recipe("softmax", "digits").to_dict()[k] != v for k, v in _RECIPE_VALUES.items())
+    result = CliRunner().invoke(train_command, [*base, *_option_args(_RECIPE_VALUES), "--out", str(tmp_path / "a")])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["recipe"] == _RECIPE_VALUES
+    meta = json.loads((tmp_path / "a" / "model.json").read_text())
+    assert meta["extra"]["recipe"] == _RECIPE_VALUES
+    # Optional fields take "none"; unset ones keep the recipe's value.
+    result = CliRunner().invoke(train_command, [*base, "--epochs", "1", "--schedule", "none", "--grad-clip", "none",
+                                                "--no-nesterov", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    expected = {**get_recipe("softmax", "digits").to_dict(), "epochs": 1, "schedule": None, "grad_clip": None}
+    assert json.loads(result.stdout)["recipe"] == expected
+    bad = CliRunner().invoke(train_command, [*base, "--grad-clip", "lots", "--out", str(tmp_path / "c")])
+    assert bad.exit_code == 2 and "--grad-clip" in bad.output

@@ -17,20 +17,18 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import platform
 import struct
 import tempfile
 from collections.abc import Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from advlab._provenance import versions
 from advlab.models.classifier import Classifier
 from advlab.models.factory import MODELS, build_net, to_json_value
 
@@ -87,19 +85,6 @@ def _file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _versions() -> dict[str, str]:
-    try:
-        advlab_version = metadata.version("advlab")
-    except metadata.PackageNotFoundError:
-        advlab_version = "unknown"
-    return {
-        "advlab": advlab_version,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def save_checkpoint(
@@ -160,7 +145,7 @@ def save_checkpoint(
         "metrics": to_json_value(dict(metrics or {}), "metrics"),
         "seed": seed,
         "extra": to_json_value(dict(extra or {}), "extra"),
-        "versions": _versions(),
+        "versions": versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     state = {name: t.detach().to("cpu").contiguous().clone() for name, t in model.state_dict().items()}

@@ -1,6 +1,16 @@
-"""The training engine: one loop (:func:`fit`) whose step function is swappable, events, metrics, recipes.
+"""The training engine: one loop (:func:`fit`) whose step function is swappable, events, metrics, recipes,
+and :func:`train_model`, the one standard run (data, seeding, model, recipe, test accuracy) behind
+``advlab train``.
 
 Example::
+
+    from advlab.train import get_recipe, save_run, train_model
+
+    run = train_model("cnn-small", "digits", get_recipe("cnn-small", "digits"), seed=0)
+    print(run.summary["test_accuracy"])
+    save_run(run, "runs/cnn-small-digits")
+
+The loop on its own::
 
     import torch
     from advlab import create_model, load_dataset
@@ -19,6 +29,7 @@ from advlab.train.callbacks import Callback, ProgressBar, TrainState
 from advlab.train.loop import EpochRecord, TrainHistory, evaluate_accuracy, fit
 from advlab.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_scheduler
 from advlab.train.recipes import DEFAULT_RECIPE, OVERRIDES, RECIPES, Recipe, get_recipe, prepare_model
+from advlab.train.run import TrainRun, save_run, train_model
 from advlab.train.steps import StepContext, StepFn, StepOutput, standard_step
 
 __all__ = [
@@ -35,6 +46,7 @@ __all__ = [
     "StepFn",
     "StepOutput",
     "TrainHistory",
+    "TrainRun",
     "TrainState",
     "evaluate_accuracy",
     "fit",
@@ -42,5 +54,7 @@ __all__ = [
     "make_optimizer",
     "make_scheduler",
     "prepare_model",
+    "save_run",
     "standard_step",
+    "train_model",
 ]
