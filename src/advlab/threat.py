@@ -8,14 +8,15 @@ all non-batch dimensions.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-Norm = Literal["linf", "l2", "l1"]
-NORMS: tuple[str, ...] = ("linf", "l2", "l1")
+Norm = Literal["linf", "l2", "l1", "l0"]
+# The norms of continuous budgets (random starts and steepest steps exist), and every threat-model norm.
+LP_NORMS: tuple[str, ...] = ("linf", "l2", "l1")
+NORMS: tuple[str, ...] = (*LP_NORMS, "l0")
 _TINY = 1e-12
 
 
@@ -35,6 +36,8 @@ def lp_norm(delta: Tensor, norm: str) -> Tensor:
         return flat.norm(p=2, dim=1)
     if norm == "l1":
         return flat.abs().sum(dim=1)
+    if norm == "l0":
+        return (flat != 0).sum(dim=1).to(flat.dtype)
     raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
 
 
@@ -83,10 +86,26 @@ def project_l1(delta: Tensor, radius: float | Tensor) -> Tensor:
     return out.reshape(delta.shape)
 
 
-class LpBall:
-    """The L_p ball ``{delta : ||delta||_p <= eps}`` for ``p`` in ``linf``, ``l2``, ``l1``.
+def project_l0(delta: Tensor, count: float | Tensor) -> Tensor:
+    """Keeps the ``floor(count)`` largest-magnitude coordinates of each example and zeroes the rest (the
+    Euclidean projection onto the L0 ball; ties keep the lower index)."""
+    n = delta.shape[0]
+    flat = delta.reshape(n, -1)
+    k = torch.as_tensor(count, dtype=flat.dtype, device=flat.device).expand(n).floor().long()
+    nonzero = (flat != 0).sum(dim=1)
+    if bool((nonzero <= k).all()):
+        return delta
+    order = flat.abs().argsort(dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand(n, -1))
+    return torch.where(rank < k[:, None], flat, torch.zeros_like(flat)).reshape(delta.shape)
 
-    ``eps`` is a float or a per-example ``(N,)`` tensor, in raw input units.
+
+class LpBall:
+    """The L_p ball ``{delta : ||delta||_p <= eps}`` for ``p`` in ``linf``, ``l2``, ``l1``, ``l0``.
+
+    ``eps`` is a float or a per-example ``(N,)`` tensor, in raw input units; for ``l0`` it is the number of
+    input features (pixels times channels) that may change, and the ball offers :meth:`project`,
+    :meth:`contains` and :meth:`distance` only (no random start or steepest step).
 
     Example:
         >>> import torch
@@ -97,6 +116,8 @@ class LpBall:
 
     def __init__(self, norm: str, eps: float | Tensor) -> None:
         self.norm = check_norm(norm)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float, Tensor)):
+            raise TypeError(f"eps must be a number or a (N,) tensor, got {type(eps).__name__} {eps!r}")
         if isinstance(eps, Tensor):
             if not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
                 raise ValueError("eps must be finite and non-negative")
@@ -121,6 +142,8 @@ class LpBall:
             eps_t = torch.as_tensor(self.eps, dtype=delta.dtype, device=delta.device)
             factor = torch.clamp(eps_t / norms.clamp(min=_TINY), max=1.0)
             return delta * factor.reshape(-1, *([1] * (delta.ndim - 1)))
+        if self.norm == "l0":
+            return project_l0(delta, self.eps)
         return project_l1(delta, self.eps)
 
     def contains(self, delta: Tensor, tol: float = 1e-5) -> Tensor:
@@ -138,6 +161,8 @@ class LpBall:
         direction. In high dimension a point uniform in the ball lies almost on its surface, so this keeps
         random starts closer to ``x``; linf is unchanged.
         """
+        if self.norm == "l0":
+            raise ValueError("the l0 ball has no random start; use an attack without one (e.g. jsma)")
         n = like.shape[0]
         d = like[0].numel()
         shape = tuple(like.shape)
@@ -174,6 +199,8 @@ class LpBall:
         ``step_size / k`` each (L1 length ``step_size``). For l1, passing the current point ``x`` and ``bounds``
         skips coordinates already at a bound that the gradient pushes further out.
         """
+        if self.norm == "l0":
+            raise ValueError("the l0 ball has no steepest step; use an l0 attack (e.g. jsma)")
         a = _per_example(step_size, grad)
         if self.norm == "linf":
             return a * grad.sign()
@@ -215,20 +242,50 @@ def is_adversarial(logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
     return pred == labels if targeted else pred != labels
 
 
-def least_likely_targets(
-    model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, exclude: Tensor | None = None
-) -> Tensor:
-    """The least-likely class of each example under ``model`` (Kurakin et al. 2016's ILLC target).
+TARGET_MODES = ("least-likely", "random")
 
-    ``exclude`` (``(N,)`` class indices, e.g. the true labels) removes one class per example from the
-    choice, so the target never equals it: for a misclassified example the true class may otherwise be the
-    least likely one.
+
+def choose_targets(
+    mode: str | int,
+    labels: Tensor,
+    *,
+    logits: Tensor | None = None,
+    num_classes: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Target classes for a targeted attack: the one chooser behind ``illc``, the CLI and evaluations.
+
+    Modes: ``"least-likely"``, the class the model finds least likely on the clean input other than the
+    true class (Kurakin et al. 2016's ILLC target; needs the clean ``logits``); ``"random"``, a uniformly
+    random class other than the true one (needs ``num_classes`` or ``logits``); an ``int`` (or a string of
+    digits), that class for every example. Least-likely and random targets never equal ``labels``; with a
+    fixed class, examples whose true class it is keep it as their target, so drop them with
+    ``targets != labels``.
+
+    Example:
+        >>> import torch
+        >>> logits = torch.tensor([[3.0, 1.0, 2.0], [0.0, 1.0, 2.0]])
+        >>> choose_targets("least-likely", torch.tensor([0, 0]), logits=logits).tolist()
+        [1, 1]
+        >>> choose_targets(2, torch.tensor([0, 2]), num_classes=3).tolist()
+        [2, 2]
     """
-    with torch.no_grad():
-        logits = model(x)
-    if exclude is not None:
-        logits = logits.scatter(1, exclude.to(logits.device).long()[:, None], float("inf"))
-    return logits.argmin(dim=1)
+    k = num_classes if num_classes is not None else (logits.shape[1] if logits is not None else None)
+    if isinstance(mode, str) and mode.isdigit():
+        mode = int(mode)
+    if isinstance(mode, int) and not isinstance(mode, bool):
+        if k is not None and not 0 <= mode < k:
+            raise ValueError(f"target class {mode} is out of range; use 0..{k - 1}")
+        return torch.full_like(labels, mode)
+    if mode == "least-likely":
+        if logits is None:
+            raise ValueError("least-likely targets need the clean logits")
+        return logits.scatter(1, labels.to(logits.device).long()[:, None], float("inf")).argmin(dim=1)
+    if mode == "random":
+        if k is None:
+            raise ValueError("random targets need num_classes (or the logits)")
+        return random_targets(labels, k, generator)
+    raise ValueError(f"{mode!r} is not a target mode; use least-likely, random or a class index")
 
 
 def random_targets(labels: Tensor, num_classes: int, generator: torch.Generator | None = None) -> Tensor:

@@ -1,51 +1,74 @@
 """Adversarial attacks: each a pure function ``attack(model, x, y, *, eps, ...) -> AttackResult``.
 
-Every registered attack is also an attribute of this module (``advlab.attacks.pgd``) and is listed by
-:func:`list_attacks`.
+Every registered attack is an attribute of this module (``advlab.attacks.pgd``, the function) and is listed
+by :func:`list_attacks`; its implementation lives in a private module of its own (``advlab.attacks._pgd``)
+and its hyper-parameters in a config dataclass exported here (``PGDConfig``), registered with the attack.
 """
 
 from __future__ import annotations
 
-from advlab.attacks.apgd import apgd
-from advlab.attacks.base import (
+from advlab.attacks._apgd import APGDConfig, apgd
+from advlab.attacks._bim import BIMConfig, bim, bim_schedule, illc
+from advlab.attacks._context import AttackContext, Kernel
+from advlab.attacks._cw import CWConfig, CWLinfConfig, cw, cw_linf
+from advlab.attacks._deepfool import DeepFoolConfig, deepfool
+from advlab.attacks._engine import attack_mode, progress, run_attack
+from advlab.attacks._fgsm import FGMConfig, fgm, fgsm
+from advlab.attacks._jsma import JSMAConfig, jsma
+from advlab.attacks._losses import LOSSES, ce_objective, dlr_objective, margin_objective, objective
+from advlab.attacks._mifgsm import MIFGSMConfig, mifgsm
+from advlab.attacks._pgd import PGDConfig, pgd
+from advlab.attacks._registry import (
     ATTACKS,
-    AttackContext,
-    AttackResult,
+    CALL_ARGS,
     AttackSpec,
     attack_spec,
     get_attack,
     list_attacks,
     register_attack,
-    run_attack,
 )
-from advlab.attacks.bim import bim, illc
-from advlab.attacks.cw import cw, cw_linf
-from advlab.attacks.deepfool import deepfool
-from advlab.attacks.fgsm import fgm, fgsm
-from advlab.attacks.jsma import jsma
-from advlab.attacks.mifgsm import mifgsm
-from advlab.attacks.pgd import pgd
-from advlab.attacks.rfgsm import rfgsm
+from advlab.attacks._result import AttackResult
+from advlab.attacks._rfgsm import RFGSMConfig, rfgsm
 
 __all__ = [
     "ATTACKS",
+    "CALL_ARGS",
+    "LOSSES",
+    "APGDConfig",
     "AttackContext",
     "AttackResult",
     "AttackSpec",
+    "BIMConfig",
+    "CWConfig",
+    "CWLinfConfig",
+    "DeepFoolConfig",
+    "FGMConfig",
+    "JSMAConfig",
+    "Kernel",
+    "MIFGSMConfig",
+    "PGDConfig",
+    "RFGSMConfig",
     "apgd",
+    "attack_mode",
     "attack_spec",
     "bim",
+    "bim_schedule",
+    "ce_objective",
     "cw",
     "cw_linf",
     "deepfool",
+    "dlr_objective",
     "fgm",
     "fgsm",
     "get_attack",
     "illc",
     "jsma",
     "list_attacks",
+    "margin_objective",
     "mifgsm",
+    "objective",
     "pgd",
+    "progress",
     "register_attack",
     "rfgsm",
     "run_attack",

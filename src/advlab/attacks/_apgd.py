@@ -13,16 +13,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from advlab.attacks.base import (
-    AttackContext,
-    AttackResult,
-    Kernel,
-    check_positive_float,
-    check_positive_int,
-    register_attack,
-    run_attack,
-)
-from advlab.attacks.losses import LOSSES, dlr_objective, objective
+from advlab._validate import check_choice, check_float, check_int
+from advlab.attacks._context import AttackContext, Kernel, per_example_view, replicate
+from advlab.attacks._engine import run_attack
+from advlab.attacks._losses import LOSSES, check_dlr_classes, objective
+from advlab.attacks._registry import register_attack
+from advlab.attacks._result import AttackResult
 from advlab.threat import LpBall, is_adversarial
 
 
@@ -33,18 +29,15 @@ class APGDConfig:
     steps: int = 100
     loss: str = "ce"
     restarts: int = 1
-    alpha: float = 0.75
+    momentum: float = 0.75
     rho: float = 0.75
 
     def __post_init__(self) -> None:
-        check_positive_int("steps", self.steps)
-        check_positive_int("restarts", self.restarts)
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")
-        for name in ("alpha", "rho"):
-            value = check_positive_float(name, getattr(self, name))
-            if value > 1:
-                raise ValueError(f"{name} must be in (0, 1], got {value}")
+        check_int("steps", self.steps)
+        check_choice("loss", self.loss, LOSSES)
+        check_int("restarts", self.restarts)
+        for name in ("momentum", "rho"):
+            check_float(name, getattr(self, name), inclusive=False, maximum=1.0)
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -66,19 +59,14 @@ def _apgd_kernel(config: APGDConfig, norm: str) -> Kernel:
     def kernel(ctx: AttackContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
         n, r = x.shape[0], config.restarts
         ball = LpBall(norm, eps)
-        shape = (n * r, *([1] * (x.ndim - 1)))
-        xr, yr = x.repeat(r, *([1] * (x.ndim - 1))), y.repeat(r)
-        if ctx.targeted and config.loss == "dlr" and ctx.true_labels is not None:
-            if ctx.num_classes < 4:
-                raise ValueError("the targeted DLR loss needs at least 4 classes; use loss='ce' or 'margin'")
-            truth_r = ctx.true_labels.repeat(r)
+        shape = per_example_view(x)
+        xr, yr = replicate(x, r), y.repeat(r)
+        truth_r = None if ctx.true_labels is None else ctx.true_labels.repeat(r)
+        if config.loss == "dlr":
+            check_dlr_classes(ctx.num_classes, ctx.targeted)
 
-            def obj(z: Tensor) -> Tensor:
-                return dlr_objective(z, truth_r, True, target_classes=yr)
-        else:
-
-            def obj(z: Tensor) -> Tensor:
-                return objective(config.loss, z, yr, ctx.targeted)
+        def obj(z: Tensor) -> Tensor:
+            return objective(config.loss, z, yr, ctx.targeted, truth_r)
 
         def project(p: Tensor) -> Tensor:
             return ctx.clip(xr + ball.project(p - xr))
@@ -97,7 +85,7 @@ def _apgd_kernel(config: APGDConfig, norm: str) -> Kernel:
         eta_ck, f_max_ck, last = eta.clone(), f_max.clone(), 0
         marks = set(checkpoints(config.steps))
         for k in range(1, config.steps + 1):
-            a = config.alpha if k > 1 else 1.0
+            a = config.momentum if k > 1 else 1.0
             z = project(cur + eta.reshape(shape) * step_dir(g))
             prev, cur = cur, project(cur + a * (z - cur) + (1 - a) * (cur - prev))
             if k == config.steps:  # the last update's point is evaluated, not differentiated
@@ -137,7 +125,7 @@ def _apgd_kernel(config: APGDConfig, norm: str) -> Kernel:
     return kernel
 
 
-@register_attack("apgd", norms=("linf", "l2"))
+@register_attack("apgd", norms=("linf", "l2"), config=APGDConfig)
 def apgd(
     model: nn.Module,
     x: Tensor,
@@ -148,7 +136,7 @@ def apgd(
     steps: int = 100,
     loss: str = "ce",
     restarts: int = 1,
-    alpha: float = 0.75,
+    momentum: float = 0.75,
     rho: float = 0.75,
     targeted: bool = False,
     generator: torch.Generator | None = None,
@@ -181,8 +169,9 @@ def apgd(
             when ``targeted``). eps: budget or list of budgets (raw input units). norm: ``linf`` (default) or
             ``l2``. steps: iterations per restart (default 100), each a gradient evaluation and an update; the
             last update's point costs one more forward pass when there are several restarts. loss: ``ce``
-            (default), ``dlr`` or ``margin``. restarts: random restarts, batched (default 1). alpha: momentum
-            weight (default 0.75). rho: fraction of improving steps below which the step size halves (default 0.75).
+            (default), ``dlr`` or ``margin``. restarts: random restarts, batched (default 1). momentum: the
+            weight ``α`` of the new step against the previous one (default 0.75; 1 is no momentum).
+            rho: fraction of improving steps below which the step size halves (default 0.75).
             generator: random starts; same seed, same result. batch_size: chunk size (memory grows with
             ``restarts * batch_size``). true_labels: true classes of a targeted run (used by targeted DLR).
 
@@ -192,12 +181,11 @@ def apgd(
         >>> g = torch.Generator().manual_seed(0)
         >>> r = advlab.attacks.apgd(model, torch.rand(4, 1, 8, 8), torch.arange(4), eps=0.1, steps=10,
         ...                         loss="dlr", generator=g)
-        >>> bool((r.norms <= 0.1 + 1e-6).all())
+        >>> bool((r.distances <= 0.1 + 1e-6).all())
         True
     """
-    config = APGDConfig(steps=steps, loss=loss, restarts=restarts, alpha=alpha, rho=rho)
+    config = APGDConfig(steps=steps, loss=loss, restarts=restarts, momentum=momentum, rho=rho)
     return run_attack(
         "apgd", model, x, y, eps=eps, norm=norm, kernel=_apgd_kernel(config, norm), config=config,
         targeted=targeted, generator=generator, batch_size=batch_size, true_labels=true_labels,
-        norms=("linf", "l2"),
     )

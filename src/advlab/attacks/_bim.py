@@ -7,31 +7,20 @@ Reference: Kurakin, Goodfellow & Bengio, "Adversarial examples in the physical w
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from advlab.attacks.base import (
-    AttackContext,
-    AttackResult,
-    Kernel,
-    check_bool,
-    check_logits,
-    check_positive_float,
-    check_positive_int,
-    model_bounds,
-    register_attack,
-    run_attack,
-    validate_eps,
-    validate_inputs,
-)
-from advlab.attacks.iterative import iterate, steepest
-from advlab.attacks.losses import LOSSES
-from advlab.models.classifier import unchecked_inputs
-from advlab.threat import LpBall, check_norm, least_likely_targets
+from advlab._validate import check_bool, check_choice, check_float, check_int, check_optional
+from advlab.attacks._context import AttackContext, Kernel
+from advlab.attacks._engine import run_attack
+from advlab.attacks._iterative import iterate, steepest
+from advlab.attacks._losses import LOSSES
+from advlab.attacks._registry import register_attack
+from advlab.attacks._result import AttackResult
+from advlab.threat import LpBall, check_norm, choose_targets
 
 
 def bim_schedule(eps: float, bounds: tuple[float, float], norm: str) -> tuple[int, float]:
@@ -58,13 +47,10 @@ class BIMConfig:
     early_stop: bool = False
 
     def __post_init__(self) -> None:
+        check_optional("steps", self.steps, check_int)
+        check_optional("step_size", self.step_size, check_float, inclusive=False)
+        check_choice("loss", self.loss, LOSSES)
         check_bool("early_stop", self.early_stop)
-        if self.steps is not None:
-            check_positive_int("steps", self.steps)
-        if self.step_size is not None:
-            check_positive_float("step_size", self.step_size)
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")
 
 
 def _bim_kernel(config: BIMConfig, norm: str) -> Kernel:
@@ -80,7 +66,7 @@ def _bim_kernel(config: BIMConfig, norm: str) -> Kernel:
     return kernel
 
 
-@register_attack("bim", norms=("linf", "l2", "l1"))
+@register_attack("bim", norms=("linf", "l2", "l1"), config=BIMConfig)
 def bim(
     model: nn.Module,
     x: Tensor,
@@ -117,7 +103,7 @@ def bim(
         >>> import torch, advlab
         >>> model = advlab.create_model("softmax", in_shape=(1, 8, 8), num_classes=10)
         >>> r = advlab.attacks.bim(model, torch.rand(4, 1, 8, 8), torch.arange(4), eps=8 / 255)
-        >>> bool((r.norms <= 8 / 255 + 1e-6).all())
+        >>> bool((r.distances <= 8 / 255 + 1e-6).all())
         True
     """
     config = BIMConfig(steps=steps, step_size=step_size, loss=loss, early_stop=early_stop)
@@ -128,48 +114,7 @@ def bim(
     )
 
 
-def _least_likely(
-    model: nn.Module | Callable[[Tensor], Tensor], x: Tensor, y: Tensor, batch_size: int | None
-) -> Tensor:
-    """Least-likely class other than the true one, computed in eval mode without touching the model."""
-    y = validate_inputs(x, y, model_bounds(model))
-    training = model.training if isinstance(model, nn.Module) else None
-    if isinstance(model, nn.Module):
-        model.eval()
-    chunk = batch_size if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0 else None
-    chunk = chunk or x.shape[0]
-    targets = []
-    try:
-        with unchecked_inputs(model) if isinstance(model, nn.Module) else nullcontext():
-            for s in range(0, x.shape[0], chunk):
-                xb, yb = x[s : s + chunk].detach(), y[s : s + chunk]
-                with torch.no_grad():
-                    logits = model(xb)
-                check_logits(logits, xb.shape[0])
-                k = logits.shape[1]
-                if int(yb.max()) >= k or int(yb.min()) < 0:
-                    raise ValueError(
-                        f"labels must be class indices in [0, {k - 1}] for this model, "
-                        f"got values in [{int(yb.min())}, {int(yb.max())}]"
-                    )
-                targets.append(least_likely_targets(_Const(logits), xb, exclude=yb))
-    finally:
-        if isinstance(model, nn.Module) and training is not None:
-            model.train(training)
-    return torch.cat(targets)
-
-
-class _Const:
-    """A stand-in model returning precomputed logits (so the least-likely class costs one forward)."""
-
-    def __init__(self, logits: Tensor) -> None:
-        self.logits = logits
-
-    def __call__(self, _x: Tensor) -> Tensor:
-        return self.logits
-
-
-@register_attack("illc", norms=("linf", "l2", "l1"), targeted=False)
+@register_attack("illc", norms=("linf", "l2", "l1"), config=BIMConfig, targeted=False)
 def illc(
     model: nn.Module,
     x: Tensor,
@@ -212,11 +157,10 @@ def illc(
         )
     config = BIMConfig(steps=steps, step_size=step_size, loss=loss, early_stop=early_stop)
     norm = check_norm(norm)
-    validate_eps(eps)
-    targets = _least_likely(model, x, y, batch_size)  # never the true class, which the engine re-checks
     result = run_attack(
-        "illc", model, x, targets, eps=eps, norm=norm, kernel=_bim_kernel(config, norm), config=config,
-        targeted=True, generator=generator, batch_size=batch_size, true_labels=y, clean_first=True,
+        "illc", model, x, y, eps=eps, norm=norm, kernel=_bim_kernel(config, norm), config=config,
+        generator=generator, batch_size=batch_size,
+        choose_targets=lambda logits, labels: choose_targets("least-likely", labels, logits=logits),
     )
     result.config["targets"] = "least-likely class of the clean input (true class excluded)"
-    return replace(result, n_forward=result.n_forward + x.shape[0], n_queries=result.n_queries + x.shape[0])
+    return result

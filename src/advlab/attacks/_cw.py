@@ -12,17 +12,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from advlab.attacks.base import (
-    AttackContext,
-    AttackResult,
-    Kernel,
-    check_bool,
-    check_positive_float,
-    check_positive_int,
-    register_attack,
-    run_attack,
-)
-from advlab.attacks.losses import margin_objective
+from advlab._validate import check_bool, check_float, check_int, check_optional
+from advlab.attacks._context import AttackContext, Kernel
+from advlab.attacks._engine import run_attack
+from advlab.attacks._iterative import iterate, steepest
+from advlab.attacks._losses import margin_objective
+from advlab.attacks._registry import register_attack
+from advlab.attacks._result import AttackResult
 from advlab.threat import LpBall, is_adversarial
 
 _BETA1, _BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
@@ -45,11 +41,11 @@ class CWConfig:
     abort_early: bool = True
 
     def __post_init__(self) -> None:
-        check_positive_int("steps", self.steps)
-        check_positive_int("binary_search_steps", self.binary_search_steps)
-        check_positive_float("initial_const", self.initial_const)
-        check_positive_float("confidence", self.confidence, allow_zero=True)
-        check_positive_float("lr", self.lr)
+        check_int("steps", self.steps)
+        check_int("binary_search_steps", self.binary_search_steps)
+        check_float("initial_const", self.initial_const, inclusive=False)
+        check_float("confidence", self.confidence)
+        check_float("lr", self.lr, inclusive=False)
         check_bool("abort_early", self.abort_early)
 
 
@@ -86,8 +82,7 @@ def _cw_l2_kernel(config: CWConfig) -> Kernel:
                     l2 = (xa - xs).flatten(1).pow(2).sum(1)
                     margin = margin_objective(logits, ys, ctx.targeted)  # > 0: adversarial
                     loss = l2 + cs * (kappa - margin).clamp(min=0)
-                    (grad,) = torch.autograd.grad(loss.sum(), wa)
-                ctx.n_backward += idx.shape[0]
+                    grad = ctx.grad(loss, wa)
                 with torch.no_grad():
                     wa = wa.detach()
                     adv = is_adversarial(logits, ys, ctx.targeted) & (margin >= kappa)
@@ -126,7 +121,7 @@ def _cw_l2_kernel(config: CWConfig) -> Kernel:
     return kernel
 
 
-@register_attack("cw", norms=("l2",), min_norm=True)
+@register_attack("cw", norms=("l2",), config=CWConfig, min_norm=True)
 def cw(
     model: nn.Module,
     x: Tensor,
@@ -185,7 +180,7 @@ def cw(
         >>> import torch, advlab
         >>> model = advlab.create_model("softmax", in_shape=(1, 8, 8), num_classes=10)
         >>> r = advlab.attacks.cw(model, torch.rand(4, 1, 8, 8), torch.arange(4), eps=[0.5, 2.0], steps=20)
-        >>> r.norms.shape
+        >>> r.distances.shape
         torch.Size([2, 4])
     """
     config = CWConfig(
@@ -194,7 +189,7 @@ def cw(
     )
     return run_attack(
         "cw", model, x, y, eps=eps, norm=norm, kernel=_cw_l2_kernel(config), config=config, targeted=targeted,
-        generator=generator, batch_size=batch_size, true_labels=true_labels, min_norm=True, norms=("l2",),
+        generator=generator, batch_size=batch_size, true_labels=true_labels,
     )
 
 
@@ -208,38 +203,26 @@ class CWLinfConfig:
     random_start: bool = True
 
     def __post_init__(self) -> None:
-        check_positive_int("steps", self.steps)
-        if self.step_size is not None:
-            check_positive_float("step_size", self.step_size)
-        check_positive_float("confidence", self.confidence, allow_zero=True)
+        check_int("steps", self.steps)
+        check_optional("step_size", self.step_size, check_float, inclusive=False)
+        check_float("confidence", self.confidence)
         check_bool("random_start", self.random_start)
 
 
 def _cw_linf_kernel(config: CWLinfConfig) -> Kernel:
     def kernel(ctx: AttackContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
-        view = (-1, *([1] * (x.ndim - 1)))
+        ball = LpBall("linf", eps)
         alpha = config.step_size if config.step_size is not None else 2.5 * eps / config.steps
-        low, high = (x - eps).clamp(min=ctx.bounds[0]), (x + eps).clamp(max=ctx.bounds[1])
-        start = x + LpBall("linf", eps).random_init(x, ctx.generator) if config.random_start else x
-        x_t, best = torch.clamp(start, low, high), x
-
-        def obj(z: Tensor) -> Tensor:
-            return margin_objective(z, y, ctx.targeted, kappa=config.confidence)
-
-        found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for t in range(config.steps):
-            _, grad, logits = ctx.value_and_grad(x_t, obj)
-            if t > 0 or config.random_start:
-                adv = is_adversarial(logits, y, ctx.targeted)
-                best = torch.where((adv & ~found).view(view), x_t, best)  # keep the first adversarial iterate
-                found |= adv
-            x_t = torch.clamp(x_t + alpha * grad.sign(), low, high)
-        return torch.where(found.view(view), best, x_t)
+        start = ctx.clip(x + ball.random_init(x, ctx.generator)) if config.random_start else x
+        # early_stop: each example keeps its first adversarial iterate (a random start included)
+        return iterate(ctx, x, y, start, ball=ball, steps=config.steps, step=steepest(ball, alpha, ctx.bounds),
+                       loss="margin", confidence=config.confidence, true_labels=ctx.true_labels, early_stop=True,
+                       check_start=config.random_start)[0]
 
     return kernel
 
 
-@register_attack("cw_linf", norms=("linf",))
+@register_attack("cw_linf", norms=("linf",), config=CWLinfConfig)
 def cw_linf(
     model: nn.Module,
     x: Tensor,
@@ -277,12 +260,12 @@ def cw_linf(
         >>> import torch, advlab
         >>> model = advlab.create_model("softmax", in_shape=(1, 8, 8), num_classes=10)
         >>> r = advlab.attacks.cw_linf(model, torch.rand(4, 1, 8, 8), torch.arange(4), eps=0.1, steps=10)
-        >>> bool((r.norms <= 0.1 + 1e-6).all())
+        >>> bool((r.distances <= 0.1 + 1e-6).all())
         True
     """
     config = CWLinfConfig(steps=steps, step_size=step_size, confidence=confidence, random_start=random_start)
     return run_attack(
         "cw_linf", model, x, y, eps=eps, norm=norm, kernel=_cw_linf_kernel(config), config=config,
-        targeted=targeted, generator=generator, batch_size=batch_size, true_labels=true_labels, norms=("linf",),
+        targeted=targeted, generator=generator, batch_size=batch_size, true_labels=true_labels,
         clean_first=not random_start,
     )

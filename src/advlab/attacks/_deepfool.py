@@ -12,15 +12,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from advlab.attacks.base import (
-    AttackContext,
-    AttackResult,
-    Kernel,
-    check_positive_float,
-    check_positive_int,
-    register_attack,
-    run_attack,
-)
+from advlab._validate import check_float, check_int
+from advlab.attacks._context import AttackContext, Kernel
+from advlab.attacks._engine import run_attack
+from advlab.attacks._registry import register_attack
+from advlab.attacks._result import AttackResult
 
 _TINY = 1e-12
 _PUSH = 1e-4
@@ -35,9 +31,9 @@ class DeepFoolConfig:
     overshoot: float = 0.02
 
     def __post_init__(self) -> None:
-        check_positive_int("steps", self.steps)
-        check_positive_int("candidates", self.candidates, minimum=2)
-        check_positive_float("overshoot", self.overshoot, allow_zero=True)
+        check_int("steps", self.steps)
+        check_int("candidates", self.candidates, minimum=2)
+        check_float("overshoot", self.overshoot)
 
 
 def _deepfool_kernel(config: DeepFoolConfig, norm: str) -> Kernel:
@@ -59,10 +55,7 @@ def _deepfool_kernel(config: DeepFoolConfig, norm: str) -> Kernel:
                     break
                 active, logits = active[keep], logits[keep]
                 diffs = logits.gather(1, rivals[active]) - logits.gather(1, y[active, None])  # (n, k), < 0
-                grads = [
-                    torch.autograd.grad(diffs[:, j].sum(), xa, retain_graph=j < k - 1)[0][keep] for j in range(k)
-                ]
-            ctx.n_backward += xa.shape[0] * k
+                grads = [ctx.grad(diffs[:, j], xa, retain_graph=j < k - 1)[keep] for j in range(k)]
             n = active.shape[0]
             w = torch.stack(grads, dim=1).reshape(n, k, -1)  # (n, k, d) gradients of f_j - f_y
             dual = w.abs().sum(dim=2) if norm == "linf" else w.norm(dim=2)
@@ -84,7 +77,7 @@ def _deepfool_kernel(config: DeepFoolConfig, norm: str) -> Kernel:
     return kernel
 
 
-@register_attack("deepfool", norms=("l2", "linf"), targeted=False, min_norm=True)
+@register_attack("deepfool", norms=("l2", "linf"), config=DeepFoolConfig, targeted=False, min_norm=True)
 def deepfool(
     model: nn.Module,
     x: Tensor,
@@ -132,6 +125,5 @@ def deepfool(
     config = DeepFoolConfig(steps=steps, candidates=candidates, overshoot=overshoot)
     return run_attack(
         "deepfool", model, x, y, eps=eps, norm=norm, kernel=_deepfool_kernel(config, norm), config=config,
-        targeted=False, generator=generator, batch_size=batch_size, true_labels=true_labels, min_norm=True,
-        norms=("l2", "linf"), clean_first=True,
+        targeted=False, generator=generator, batch_size=batch_size, true_labels=true_labels, clean_first=True,
     )

@@ -11,8 +11,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from advlab.attacks.base import AttackContext, AttackResult, Kernel, register_attack, run_attack
-from advlab.attacks.losses import LOSSES, objective
+from advlab._validate import check_choice
+from advlab.attacks._context import AttackContext, Kernel
+from advlab.attacks._engine import run_attack
+from advlab.attacks._losses import LOSSES, objective
+from advlab.attacks._registry import register_attack
+from advlab.attacks._result import AttackResult
 from advlab.threat import LpBall
 
 
@@ -23,8 +27,7 @@ class FGMConfig:
     loss: str = "ce"
 
     def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")
+        check_choice("loss", self.loss, LOSSES)
 
 
 def _fgm_kernel(config: FGMConfig, norm: str) -> Kernel:
@@ -35,7 +38,7 @@ def _fgm_kernel(config: FGMConfig, norm: str) -> Kernel:
     return kernel
 
 
-@register_attack("fgm", norms=("linf", "l2", "l1"))
+@register_attack("fgm", norms=("l2", "linf", "l1"), config=FGMConfig)
 def fgm(
     model: nn.Module,
     x: Tensor,
@@ -66,7 +69,7 @@ def fgm(
         >>> import torch, advlab
         >>> model = advlab.create_model("softmax", in_shape=(1, 8, 8), num_classes=10)
         >>> r = advlab.attacks.fgm(model, torch.rand(4, 1, 8, 8), torch.arange(4), eps=0.5)
-        >>> r.norms.shape
+        >>> r.distances.shape
         torch.Size([1, 4])
     """
     config = FGMConfig(loss=loss)
@@ -77,7 +80,7 @@ def fgm(
     )
 
 
-@register_attack("fgsm", norms=("linf",))
+@register_attack("fgsm", norms=("linf",), config=FGMConfig)
 def fgsm(
     model: nn.Module,
     x: Tensor,
@@ -103,12 +106,11 @@ def fgsm(
         >>> import torch, advlab
         >>> model = advlab.create_model("softmax", in_shape=(1, 8, 8), num_classes=10)
         >>> r = advlab.attacks.fgsm(model, torch.rand(4, 1, 8, 8), torch.arange(4), eps=[0.1, 0.3])
-        >>> bool((r.norms <= torch.tensor([[0.1], [0.3]]) + 1e-6).all())
+        >>> bool((r.distances <= torch.tensor([[0.1], [0.3]]) + 1e-6).all())
         True
     """
     config = FGMConfig(loss=loss)
     return run_attack(
         "fgsm", model, x, y, eps=eps, norm=norm, kernel=_fgm_kernel(config, "linf"), config=config,
-        targeted=targeted, generator=generator, batch_size=batch_size, true_labels=true_labels, norms=("linf",),
-        clean_first=True,
+        targeted=targeted, generator=generator, batch_size=batch_size, true_labels=true_labels, clean_first=True,
     )

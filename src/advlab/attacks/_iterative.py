@@ -1,14 +1,16 @@
-"""The projected steepest-ascent loop shared by the iterative gradient attacks (BIM, ILLC, PGD, MI-FGSM)."""
+"""The projected steepest-ascent loop shared by the iterative gradient attacks (BIM, ILLC, PGD, MI-FGSM,
+the C&W L∞ attack)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from advlab.attacks.base import AttackContext
-from advlab.attacks.losses import dlr_objective, objective
+from advlab.attacks._context import AttackContext, per_example_view
+from advlab.attacks._losses import objective
 from advlab.threat import LpBall, is_adversarial
 
 StepFn = Callable[[Tensor, Tensor], Tensor]  # (grad, x_t) -> step to add to x_t
@@ -16,7 +18,8 @@ StepFn = Callable[[Tensor, Tensor], Tensor]  # (grad, x_t) -> step to add to x_t
 
 def iterate(
     ctx: AttackContext, x: Tensor, y: Tensor, start: Tensor, *, ball: LpBall, steps: int, step: StepFn,
-    loss: str = "ce", final_check: bool = False, true_labels: Tensor | None = None, early_stop: bool = False,
+    loss: str = "ce", confidence: float = math.inf, final_check: bool = False, true_labels: Tensor | None = None,
+    early_stop: bool = False, check_start: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Projected steepest ascent: ``steps`` times ``x_t <- Π(x_t + step(∇ loss(x_t), x_t))``.
 
@@ -27,15 +30,16 @@ def iterate(
     state per example offers ``keep(mask)`` to narrow it). With ``final_check`` one more forward pass
     evaluates the final iterate.
 
-    ``loss`` is ascended (see :func:`~advlab.attacks.losses.objective`); a targeted DLR loss uses
-    ``true_labels`` (the true classes) when given, in Croce & Hein's form.
+    ``loss`` is ascended (see :func:`~advlab.attacks.objective`; ``confidence`` caps the margin loss); a
+    targeted DLR loss uses ``true_labels`` (the true classes) when given, in Croce & Hein's form. With
+    ``check_start`` the start point's verdict counts too (for a random start).
 
     Returns ``(x_adv, success, value)``: ``success`` ``(N,)`` is known-adversarial (a lower bound without
     ``final_check``) and ``value`` the objective at the final iterate (``final_check``) or at the last
     evaluated one.
     """
     lo, hi = ctx.bounds
-    view = (-1, *([1] * (x.ndim - 1)))
+    view = per_example_view(x)
     box: tuple[Tensor, Tensor] | None = None
     if ball.norm == "linf" and not isinstance(ball.eps, Tensor):
         box = ((x - ball.eps).clamp_(min=lo), (x + ball.eps).clamp_(max=hi))  # ball ∩ bounds, one clamp per step
@@ -44,9 +48,7 @@ def iterate(
     xs, ys, ts = x, y, true_labels
 
     def obj(z: Tensor) -> Tensor:
-        if loss == "dlr" and ctx.targeted and ts is not None and z.shape[1] >= 4:
-            return dlr_objective(z, ts, True, target_classes=ys)
-        return objective(loss, z, ys, ctx.targeted)
+        return objective(loss, z, ys, ctx.targeted, ts, confidence)
 
     x_t, best = start, start.clone() if early_stop else start
     found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -55,7 +57,7 @@ def iterate(
         # Budgets of one call share the first gradient when it is taken at the clean input.
         memo = f"iterate:{loss}" if t == 0 and x_t is x else None
         value_t, grad, logits = ctx.value_and_grad(x_t, obj, memo_key=memo)
-        if t > 0:
+        if t > 0 or check_start:
             adv = is_adversarial(logits, ys, ctx.targeted)
             if not early_stop:
                 best = torch.where(adv.view(view), x_t, best)

@@ -12,7 +12,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from advlab.attacks.base import AttackContext, AttackResult, Kernel, register_attack, run_attack
+from advlab._validate import check_choice, check_float
+from advlab.attacks._context import AttackContext, Kernel
+from advlab.attacks._engine import run_attack
+from advlab.attacks._registry import register_attack
+from advlab.attacks._result import AttackResult
 from advlab.threat import is_adversarial
 
 # The pair search builds (m, d, d) score tensors; m is chosen so that one holds at most this many elements.
@@ -22,23 +26,17 @@ SALIENCY = ("probs", "logits")
 
 @dataclass(frozen=True)
 class JSMAConfig:
-    """Hyper-parameters of JSMA: the change per chosen feature and the largest fraction of features changed."""
+    """Hyper-parameters of JSMA: the change per chosen feature and the saliency map (the number of features
+    changed is the L0 budget ``eps``)."""
 
     theta: float = 1.0
-    gamma: float = 0.1
     saliency: str = "probs"
 
     def __post_init__(self) -> None:
-        if self.saliency not in SALIENCY:
-            raise ValueError(f"unknown saliency {self.saliency!r}; expected one of {', '.join(SALIENCY)}")
-        for name in ("theta", "gamma"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-        if not (0 < abs(self.theta) <= 1):
-            raise ValueError(f"theta must be in [-1, 0) or (0, 1] (a fraction of the input range), got {self.theta}")
-        if not 0 < self.gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1] (the largest fraction of features to change), got {self.gamma}")
+        check_float("theta", self.theta, minimum=-1.0, maximum=1.0)
+        if self.theta == 0:
+            raise ValueError("theta must be in [-1, 0) or (0, 1] (a fraction of the input range), got 0")
+        check_choice("saliency", self.saliency, SALIENCY)
 
 
 def _best_pairs(a: Tensor, b: Tensor, domain: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -74,11 +72,11 @@ def _jsma_kernel(config: JSMAConfig) -> Kernel:
         lo, hi = ctx.bounds
         n, d = x.shape[0], x[0].numel()
         sign = 1.0 if config.theta > 0 else -1.0
-        change = sign * min(abs(config.theta) * (hi - lo), eps)
+        change = sign * abs(config.theta) * (hi - lo)
         x_adv = x.reshape(n, d).clone()
         # Features that can still move in the direction of theta; a feature is changed at most once.
         domain = x_adv < hi if sign > 0 else x_adv > lo
-        budget = int(config.gamma * d) // 2  # pairs
+        budget = min(int(eps), d) // 2  # pairs of features
         active = torch.arange(n, device=x.device)
         for _ in range(budget):
             xa = x_adv[active].reshape(-1, *x.shape[1:]).requires_grad_(True)
@@ -91,12 +89,10 @@ def _jsma_kernel(config: JSMAConfig) -> Kernel:
                 if config.saliency == "probs":
                     # d log p_y orders features like d p_y (a positive factor per example) without underflow.
                     own = torch.log_softmax(logits, dim=1).gather(1, ya[:, None]).sum()
-                    (g_own,) = torch.autograd.grad(own, xa)
+                    g_own = ctx.grad(own, xa)
                 else:
-                    own = logits.gather(1, ya[:, None]).sum()
-                    (g_own,) = torch.autograd.grad(own, xa, retain_graph=True)
-                    (g_all,) = torch.autograd.grad(logits.sum(), xa)
-            ctx.n_backward += xa.shape[0] * (1 if config.saliency == "probs" else 2)
+                    g_own = ctx.grad(logits.gather(1, ya[:, None]), xa, retain_graph=True)
+                    g_all = ctx.grad(logits, xa)
             active, g_own = active[keep], g_own[keep].reshape(-1, d)
             if config.saliency == "probs":
                 # The other probabilities sum to 1 - p_y, so their gradient is -d p_y: one map decides.
@@ -117,16 +113,15 @@ def _jsma_kernel(config: JSMAConfig) -> Kernel:
     return kernel
 
 
-@register_attack("jsma", norms=("linf",), min_norm=True)
+@register_attack("jsma", norms=("l0",), config=JSMAConfig, min_norm=True)
 def jsma(
     model: nn.Module,
     x: Tensor,
     y: Tensor,
     *,
     eps: float | Sequence[float],
-    norm: str = "linf",
+    norm: str = "l0",
     theta: float = 1.0,
-    gamma: float = 0.1,
     saliency: str = "probs",
     targeted: bool = False,
     generator: torch.Generator | None = None,
@@ -140,29 +135,29 @@ def jsma(
     ``theta < 0`` decreases features), after which both leave the domain. With ``a = ∂(target)/∂x`` and
     ``b = ∂(other classes)/∂x`` the pair maximises ``-(a_p + a_q)(b_p + b_q)`` subject to ``a_p + a_q > 0`` and
     ``b_p + b_q < 0`` (signs flipped for ``theta < 0``). An example stops once it reaches its goal, when no
-    pair qualifies, or after ``floor(gamma * d / 2)`` pairs, so at most ``gamma * d`` of its ``d`` features
-    change. Fully batched; the ``(d, d)`` pair search runs on chunks of examples.
+    pair qualifies, or after ``floor(eps / 2)`` pairs, so at most ``eps`` of its ``d`` features change. Fully
+    batched; the ``(d, d)`` pair search runs on chunks of examples.
 
     ``saliency``: ``"probs"`` (default; "JSMA-F" in Carlini & Wagner's naming) differentiates the softmax
     outputs; since the other probabilities sum to ``1 - p_t``, ``b = -a`` and the best pair is the two
     features with the largest ``∂p_t/∂x``, found by a top-2 (one backward pass per iteration). ``"logits"``
     ("JSMA-Z") differentiates the logits, with the full pair search (two backward passes per iteration);
-    it is the weaker of the two on small MNIST CNNs (about 70% vs 98% targeted success at ``gamma = 0.1``).
+    it is the weaker of the two on small MNIST CNNs (about 70% vs 98% targeted success with 10% of the
+    features).
 
     Targeted (``y`` = targets): raises the target's score and lowers the others'. Untargeted (``y`` = true
     classes): the roles swap, i.e. it raises the other classes' scores and lowers the true class's, and
     stops at the first misclassification.
 
-    Threat model: the L0 budget is ``gamma`` (a fraction of the features). ``eps`` is an L∞ budget on how
-    far each changed feature may move (``norm="linf"``): any ``eps >= |theta| * (hi - lo)`` keeps the attack
-    intact (``eps=1.0`` for inputs in [0, 1]); smaller budgets cap the change per feature. The attack runs
-    once (with the largest budget) and every budget is filled by projection, as for minimum-norm attacks.
+    Threat model: an L0 ball (``norm="l0"``): ``eps`` is the number of input features (pixels times
+    channels) that may change; the paper's ``gamma`` is ``eps / d`` (MNIST's 10%: ``eps=78``). Each changed
+    feature moves by ``theta`` times the bounds range, clipped to the bounds. The attack runs once (with the
+    largest budget) and every smaller budget keeps the ``eps`` largest changes, as for minimum-norm attacks.
 
     Args:
         model: returns logits for inputs within its bounds. x: ``(N, ...)`` inputs. y: ``(N,)`` targets (when
-            ``targeted``) or true classes. eps: L∞ budget(s), see above. norm: ``linf`` only.
+            ``targeted``) or true classes. eps: L0 budget(s), numbers of features. norm: ``l0`` only.
         theta: change per chosen feature as a fraction of the bounds range, in ``[-1, 0) ∪ (0, 1]`` (default 1).
-        gamma: largest fraction of features changed, in ``(0, 1]`` (default 0.1).
         saliency: ``probs`` (default) or ``logits``, see above. targeted: ``y`` holds targets (the paper's
             setting). generator: unused (deterministic). batch_size: chunk size. true_labels: true classes
             of a targeted run (checked to differ from the targets).
@@ -171,13 +166,12 @@ def jsma(
         >>> import torch, advlab
         >>> model = advlab.create_model("softmax", in_shape=(1, 8, 8), num_classes=10)
         >>> x = torch.rand(4, 1, 8, 8)
-        >>> r = advlab.attacks.jsma(model, x, torch.tensor([1, 2, 3, 4]), eps=1.0, targeted=True, gamma=0.25)
-        >>> bool(((r.x_adv[0] != x).flatten(1).sum(1) <= 16).all())
+        >>> r = advlab.attacks.jsma(model, x, torch.tensor([1, 2, 3, 4]), eps=16, targeted=True)
+        >>> bool((r.distances[0] <= 16).all())
         True
     """
-    config = JSMAConfig(theta=theta, gamma=gamma, saliency=saliency)
+    config = JSMAConfig(theta=theta, saliency=saliency)
     return run_attack(
         "jsma", model, x, y, eps=eps, norm=norm, kernel=_jsma_kernel(config), config=config, targeted=targeted,
-        generator=generator, batch_size=batch_size, true_labels=true_labels, min_norm=True, norms=("linf",),
-        clean_first=True,
+        generator=generator, batch_size=batch_size, true_labels=true_labels, clean_first=True,
     )

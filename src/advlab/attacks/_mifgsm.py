@@ -11,19 +11,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from advlab.attacks.base import (
-    AttackContext,
-    AttackResult,
-    Kernel,
-    check_bool,
-    check_positive_float,
-    check_positive_int,
-    register_attack,
-    run_attack,
-)
-from advlab.attacks.iterative import StepFn, iterate
-from advlab.attacks.losses import LOSSES
-from advlab.threat import LpBall, check_norm, lp_norm
+from advlab._validate import check_bool, check_choice, check_float, check_int, check_optional
+from advlab.attacks._context import AttackContext, Kernel, per_example_view
+from advlab.attacks._engine import run_attack
+from advlab.attacks._iterative import StepFn, iterate
+from advlab.attacks._losses import LOSSES
+from advlab.attacks._registry import register_attack
+from advlab.attacks._result import AttackResult
+from advlab.threat import LpBall, lp_norm
 
 
 @dataclass(frozen=True)
@@ -37,13 +32,11 @@ class MIFGSMConfig:
     early_stop: bool = False
 
     def __post_init__(self) -> None:
+        check_int("steps", self.steps)
+        check_optional("step_size", self.step_size, check_float, inclusive=False)
+        check_float("decay", self.decay)
+        check_choice("loss", self.loss, LOSSES)
         check_bool("early_stop", self.early_stop)
-        check_positive_int("steps", self.steps)
-        if self.step_size is not None:
-            check_positive_float("step_size", self.step_size)
-        check_positive_float("decay", self.decay, allow_zero=True)
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")
 
 
 class _Momentum:
@@ -51,7 +44,7 @@ class _Momentum:
 
     def __init__(self, like: Tensor, step_size: float, decay: float, norm: str) -> None:
         self.g = torch.zeros_like(like)
-        self.view = (-1, *([1] * (like.ndim - 1)))
+        self.view = per_example_view(like)
         self.step_size, self.decay, self.norm = step_size, decay, norm
 
     def __call__(self, grad: Tensor, _x: Tensor) -> Tensor:
@@ -83,7 +76,7 @@ def _mifgsm_kernel(config: MIFGSMConfig, norm: str) -> Kernel:
     return kernel
 
 
-@register_attack("mifgsm", norms=("linf", "l2"))
+@register_attack("mifgsm", norms=("linf", "l2"), config=MIFGSMConfig)
 def mifgsm(
     model: nn.Module,
     x: Tensor,
@@ -121,13 +114,11 @@ def mifgsm(
         >>> import torch, advlab
         >>> model = advlab.create_model("softmax", in_shape=(1, 8, 8), num_classes=10)
         >>> r = advlab.attacks.mifgsm(model, torch.rand(4, 1, 8, 8), torch.arange(4), eps=0.1)
-        >>> bool((r.norms <= 0.1 + 1e-6).all())
+        >>> bool((r.distances <= 0.1 + 1e-6).all())
         True
     """
     config = MIFGSMConfig(steps=steps, step_size=step_size, decay=decay, loss=loss, early_stop=early_stop)
-    norm = check_norm(norm, ("linf", "l2"))
     return run_attack(
         "mifgsm", model, x, y, eps=eps, norm=norm, kernel=_mifgsm_kernel(config, norm), config=config,
-        targeted=targeted, generator=generator, batch_size=batch_size, true_labels=true_labels,
-        norms=("linf", "l2"), clean_first=True,
+        targeted=targeted, generator=generator, batch_size=batch_size, true_labels=true_labels, clean_first=True,
     )

@@ -13,19 +13,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from advlab.attacks.base import (
-    AttackContext,
-    AttackResult,
-    Kernel,
-    check_bool,
-    check_positive_float,
-    check_positive_int,
-    register_attack,
-    run_attack,
-)
-from advlab.attacks.iterative import iterate, steepest
-from advlab.attacks.losses import LOSSES
-from advlab.threat import LpBall, check_norm
+from advlab._validate import check_bool, check_choice, check_float, check_int, check_optional
+from advlab.attacks._context import AttackContext, Kernel, per_example_view, replicate
+from advlab.attacks._engine import run_attack
+from advlab.attacks._iterative import iterate, steepest
+from advlab.attacks._losses import LOSSES
+from advlab.attacks._registry import register_attack
+from advlab.attacks._result import AttackResult
+from advlab.threat import LpBall
 
 # Restarts are replicated into one batch of at most this many examples per device type (or run one at a time
 # for larger chunks, rerunning only the examples not yet broken). A CPU is saturated by a few hundred examples
@@ -47,20 +42,16 @@ class PGDConfig:
     early_stop: bool = False
 
     def __post_init__(self) -> None:
-        check_positive_int("steps", self.steps)
-        check_positive_int("restarts", self.restarts)
-        check_bool("early_stop", self.early_stop)
-        if self.step_size is not None:
-            check_positive_float("step_size", self.step_size)
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; expected one of {', '.join(LOSSES)}")
+        check_int("steps", self.steps)
+        check_optional("step_size", self.step_size, check_float, inclusive=False)
+        check_int("restarts", self.restarts)
         check_bool("random_start", self.random_start)
+        check_choice("loss", self.loss, LOSSES)
+        check_float("l1_sparsity", self.l1_sparsity, maximum=1.0, max_inclusive=False)
+        check_bool("early_stop", self.early_stop)
         if self.restarts > 1 and not self.random_start:
             raise ValueError("restarts > 1 repeat the same deterministic run without a random start; "
                              "set random_start=True or restarts=1")
-        if isinstance(self.l1_sparsity, bool) or not isinstance(self.l1_sparsity, (int, float)) \
-                or not 0.0 <= self.l1_sparsity < 1.0:
-            raise ValueError(f"l1_sparsity must be a number in [0, 1), got {self.l1_sparsity!r}")
 
 
 def _pgd_kernel(config: PGDConfig, norm: str) -> Kernel:
@@ -69,7 +60,7 @@ def _pgd_kernel(config: PGDConfig, norm: str) -> Kernel:
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``replicas`` restarts of every example in one batch (``replicas * N`` rows, restart-major)."""
         ball = LpBall(norm, eps)
-        xr = x.repeat(replicas, *([1] * (x.ndim - 1))) if replicas > 1 else x
+        xr = replicate(x, replicas)
         start = xr
         if config.random_start:  # one draw per replica, so restart 0 starts where a single run would
             delta = torch.cat([ball.random_init(x, ctx.generator, radial=True) for _ in range(replicas)])
@@ -84,7 +75,7 @@ def _pgd_kernel(config: PGDConfig, norm: str) -> Kernel:
         if config.restarts == 1:
             return run(ctx, x, y, ctx.true_labels, eps, 1)[0]
         n, r = x.shape[0], config.restarts
-        view = (-1, *([1] * (x.ndim - 1)))
+        view = per_example_view(x)
         group = max(1, min(r, REPLICA_LIMIT.get(x.device.type, 1024) // n))
         out, done = x.clone(), torch.zeros(n, dtype=torch.bool, device=x.device)
         best_value = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
@@ -110,7 +101,7 @@ def _pgd_kernel(config: PGDConfig, norm: str) -> Kernel:
     return kernel
 
 
-@register_attack("pgd", norms=("linf", "l2", "l1"))
+@register_attack("pgd", norms=("linf", "l2", "l1"), config=PGDConfig)
 def pgd(
     model: nn.Module,
     x: Tensor,
@@ -165,12 +156,11 @@ def pgd(
         >>> g = torch.Generator().manual_seed(0)
         >>> r = advlab.attacks.pgd(model, torch.rand(4, 1, 8, 8), torch.arange(4), eps=1.0, norm="l2",
         ...                        steps=10, generator=g)
-        >>> bool((r.norms <= 1.0 + 1e-5).all())
+        >>> bool((r.distances <= 1.0 + 1e-5).all())
         True
     """
     config = PGDConfig(steps=steps, step_size=step_size, restarts=restarts, random_start=random_start,
                        loss=loss, l1_sparsity=l1_sparsity, early_stop=early_stop)
-    norm = check_norm(norm)
     return run_attack(
         "pgd", model, x, y, eps=eps, norm=norm, kernel=_pgd_kernel(config, norm), config=config,
         targeted=targeted, generator=generator, batch_size=batch_size, true_labels=true_labels,

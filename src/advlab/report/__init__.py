@@ -6,6 +6,6 @@ Example:
 
 from __future__ import annotations
 
-from advlab.report.grid import pick_examples, save_attack_grid
+from advlab.report.grid import pick_examples, save_attack_grid, save_record_grid
 
-__all__ = ["pick_examples", "save_attack_grid"]
+__all__ = ["pick_examples", "save_attack_grid", "save_record_grid"]

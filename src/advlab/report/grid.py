@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 SUCCESS_COLOR = "#c0392b"
 NEUTRAL_COLOR = "black"
@@ -171,3 +172,26 @@ def pick_examples(clean_correct: Tensor, count: int = 8) -> Tensor:
     clean_correct = clean_correct.detach().to("cpu").bool()
     order = torch.cat([clean_correct.nonzero().flatten(), (~clean_correct).nonzero().flatten()])
     return order[:count]
+
+
+def save_record_grid(
+    record: Any, model: nn.Module, path: str | os.PathLike[str], class_names: Sequence[str] | None = None,
+    max_examples: int = 8,
+) -> Path:
+    """Saves the image grid of an :class:`~advlab.evaluate.EvalRecord` at its largest budget (see
+    :func:`save_attack_grid`): the first correctly classified examples, their perturbations and the
+    adversarial inputs with the model's predictions."""
+    from advlab.attacks import attack_mode
+
+    result = record.result
+    big = max(range(len(result.eps)), key=lambda i: result.eps[i])
+    idx = pick_examples(result.clean_correct, max_examples).to(record.x.device)
+    xs, xa = record.x[idx], result.x_adv[big][idx]
+    with attack_mode(model), torch.no_grad():
+        logits_clean, logits_adv = model(xs).cpu(), model(xa).cpu()
+    return save_attack_grid(
+        xs.cpu(), xa.cpu(), record.y[idx].cpu(), logits_clean, logits_adv, path, class_names=class_names,
+        success=result.success[big][idx].cpu(), targets=result.labels[idx].cpu() if result.targeted else None,
+        bounds=getattr(model, "bounds", (0.0, 1.0)), max_examples=max_examples,
+        title=f"{record.attack} ({result.norm}) eps={result.eps[big]:g}",
+    )
