@@ -4,27 +4,18 @@ and behaviour on a small trained MNIST CNN."""
 from __future__ import annotations
 
 import itertools
-import sys
-from collections.abc import Iterator
 
 import pytest
 import torch
 from torch import nn
 
 from advlab.attacks import AttackResult, apgd, jsma, pgd
+from advlab.attacks import _apgd as apgd_module
+from advlab.attacks import _jsma as jsma_module
 from advlab.models.classifier import Classifier
 from advlab.threat import random_targets
 
-jsma_module = sys.modules["advlab.attacks.jsma"]
-apgd_module = sys.modules["advlab.attacks.apgd"]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _linear_binary(d: int = 12, seed: int = 0) -> tuple[Classifier, torch.Tensor]:
@@ -76,7 +67,7 @@ def test_apgd_rejects_bad_options() -> None:
     model, _ = _linear_binary()
     x = torch.zeros(2, 1, 1, 12)
     y = torch.tensor([0, 1])
-    with pytest.raises(ValueError, match="rho must be in"):
+    with pytest.raises(ValueError, match="rho must be <= 1"):
         apgd(model, x, y, eps=0.1, rho=1.5)
     with pytest.raises(ValueError, match="restarts must be an integer"):
         apgd(model, x, y, eps=0.1, restarts=0)
@@ -120,7 +111,7 @@ def test_targeted_apgd_dlr_reaches_targets(
     r = apgd(mnist_cnn, x, targets, eps=0.3, steps=20, loss="dlr", targeted=True, true_labels=y,
              generator=torch.Generator().manual_seed(0))
     assert float(r.success_rate[0]) >= 0.85
-    assert bool((r.norms <= 0.3 + 1e-6).all())
+    assert bool((r.distances <= 0.3 + 1e-6).all())
 
 
 # ---------------------------------------------------------------- JSMA
@@ -154,7 +145,7 @@ def test_jsma_changes_the_most_salient_pair_of_a_linear_model() -> None:
         lin.bias[1] = -2.0  # class 0 at x = 0.2; one pair (features 1 and 4, +0.8 each) flips it
     model = Classifier(nn.Sequential(nn.Flatten(), lin))
     x = torch.full((1, 1, 1, d), 0.2)
-    r = jsma(model, x, torch.tensor([1]), eps=1.0, targeted=True, gamma=1.0)
+    r = jsma(model, x, torch.tensor([1]), eps=d, targeted=True)
     changed = (r.x_adv[0] != x).flatten().nonzero().flatten().tolist()
     assert changed == [1, 4]
     assert bool(r.success.all()) and float(r.x_adv[0].flatten()[1]) == 1.0
@@ -172,7 +163,7 @@ def test_jsma_untargeted_with_negative_theta_lowers_the_right_pair() -> None:
     model = Classifier(nn.Sequential(nn.Flatten(), lin))
     x = torch.full((1, 1, 1, 10), 0.5)
     for saliency in ("probs", "logits"):
-        r = jsma(model, x, torch.tensor([0]), eps=1.0, theta=-1.0, gamma=1.0, saliency=saliency)
+        r = jsma(model, x, torch.tensor([0]), eps=10, theta=-1.0, saliency=saliency)
         assert (r.x_adv[0] != x).flatten().nonzero().flatten().tolist() == [2, 6]
         assert bool(r.success.all()) and float(r.x_adv[0].flatten()[2]) == 0.0
 
@@ -180,10 +171,22 @@ def test_jsma_untargeted_with_negative_theta_lowers_the_right_pair() -> None:
 def test_jsma_rejects_bad_options() -> None:
     model, _ = _linear_binary()
     x, y = torch.zeros(2, 1, 1, 12), torch.tensor([0, 1])
-    for kwargs, match in [({"theta": 0.0}, "theta must be"), ({"gamma": 1.5}, "gamma must be"),
+    for kwargs, match in [({"theta": 0.0}, "theta must be"), ({"theta": 1.5}, "theta must be <= 1"),
                           ({"saliency": "hessian"}, "unknown saliency")]:
         with pytest.raises(ValueError, match=match):
-            jsma(model, x, y, eps=1.0, **kwargs)
+            jsma(model, x, y, eps=6, **kwargs)
+    with pytest.raises(ValueError, match="unknown norm 'linf'; expected one of l0"):
+        jsma(model, x, y, eps=6, norm="linf")
+
+
+def test_jsma_budgets_keep_the_largest_changes() -> None:
+    """Several L0 budgets from one run: each keeps at most eps changed features of the largest run."""
+    model, _ = _linear_binary()
+    x, y = torch.full((2, 1, 1, 12), 0.5), torch.tensor([0, 1])
+    r = jsma(model, x, y, eps=[2, 4, 12])
+    assert r.distances.max(dim=1).values.tolist() <= [2.0, 4.0, 12.0]
+    changed = [(r.x_adv[i] != x).flatten(1) for i in range(3)]
+    assert bool((changed[0] <= changed[2]).all()) and bool((changed[1] <= changed[2]).all())
 
 
 @pytest.mark.slow
@@ -194,9 +197,10 @@ def test_jsma_targeted_on_mnist(
     n = 64 if saliency == "probs" else 24  # the logits variant searches all (d, d) pairs: slower
     x, y = (t[:n] for t in mnist_points)
     targets = random_targets(y, 10, torch.Generator().manual_seed(2))
-    r = jsma(mnist_cnn, x, targets, eps=1.0, targeted=True, true_labels=y, gamma=0.1, saliency=saliency)
+    r = jsma(mnist_cnn, x, targets, eps=78, targeted=True, true_labels=y, saliency=saliency)
     changed = (r.x_adv[0] != x).flatten(1).sum(dim=1)
-    assert int(changed.max()) <= int(0.1 * 784)  # the L0 budget
+    assert int(changed.max()) <= 78  # the L0 budget, 10% of the pixels
+    torch.testing.assert_close(r.distances[0], changed.float())
     assert bool((r.x_adv[0][r.x_adv[0] != x] == 1.0).all())  # theta = 1: changed pixels go to the top
     # JSMA-F (softmax) is the strong default; JSMA-Z (logits) is weaker on this model.
     assert float(r.success_rate[0]) >= (0.8 if saliency == "probs" else 0.5)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -10,19 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advlab.attacks import bim, fgm, fgsm, illc, mifgsm, pgd, rfgsm
-from advlab.attacks.base import AttackContext
-from advlab.attacks.bim import bim_schedule
+from advlab.attacks import AttackContext, bim, bim_schedule, fgm, fgsm, illc, mifgsm, pgd, rfgsm
 from advlab.models.classifier import Classifier
 from advlab.threat import lp_norm, random_targets
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def linear_model(num_classes: int, dim: int = 16, bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0,
@@ -100,8 +91,8 @@ def test_rfgsm_with_zero_alpha_is_fgsm_and_uses_its_random_step() -> None:
     model = small_cnn(4)
     gen = torch.Generator().manual_seed(4)
     x, y = torch.rand(16, 1, 6, 6, generator=gen) * 0.5 + 0.25, torch.randint(0, 5, (16,), generator=gen)
-    torch.testing.assert_close(rfgsm(model, x, y, eps=0.1, alpha=0.0).x_adv, fgsm(model, x, y, eps=0.1).x_adv)
-    r = rfgsm(model, x, y, eps=0.1, alpha=0.1, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(rfgsm(model, x, y, eps=0.1, random_step=0.0).x_adv, fgsm(model, x, y, eps=0.1).x_adv)
+    r = rfgsm(model, x, y, eps=0.1, random_step=0.1, generator=torch.Generator().manual_seed(0))
     # with alpha = eps only the random sign step is left: every coordinate moved by exactly eps
     torch.testing.assert_close((r.x_adv[0] - x).abs(), torch.full_like(x, 0.1))
 
@@ -132,7 +123,7 @@ def test_l2_pgd_on_a_linear_model_reaches_the_optimum(random_start: bool) -> Non
             generator=torch.Generator().manual_seed(0))
     d = binary_direction(w, y)
     optimum = eps * d / lp_norm(d, "l2").view(-1, 1, 1, 1)  # argmax of the loss over the L2 ball
-    torch.testing.assert_close(r.norms[0], torch.full((40,), eps, dtype=torch.float64))
+    torch.testing.assert_close(r.distances[0], torch.full((40,), eps, dtype=torch.float64))
     torch.testing.assert_close(r.x_adv[0] - x, optimum, rtol=0, atol=1e-6)
 
 
@@ -298,7 +289,7 @@ def test_l2_and_l1_pgd_on_mnist(mnist_cnn: nn.Module, mnist_200: tuple[torch.Ten
     assert float(l2.robust_accuracy[1]) < float(fgm(mnist_cnn, x, y, eps=2.0, norm="l2").robust_accuracy[0])
     l1 = pgd(mnist_cnn, x, y, eps=[5.0, 15.0], norm="l1", steps=10, generator=seed())
     assert float(l1.robust_accuracy[1]) < 0.35 and float(l1.robust_accuracy[1]) < float(l1.robust_accuracy[0])
-    assert bool((l1.norms[1] <= 15.0 * (1 + 1e-5)).all())
+    assert bool((l1.distances[1] <= 15.0 * (1 + 1e-5)).all())
 
 
 @pytest.mark.parametrize(("attack", "kwargs"), [

@@ -3,8 +3,6 @@ budgets filled from one run, and behaviour on a small trained MNIST CNN."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -49,10 +47,19 @@ def test_deepfool_linear_binary_closed_form(norm: str, dual: float) -> None:
     assert bool(r.success.all())
     # DeepFool steps (|f| + 1e-4) / ||w||_dual: the exact distance plus a push of 1e-4 / ||w||_dual.
     expected = (margin + 1e-4) / w.norm(p=dual) * (1 + overshoot)
-    torch.testing.assert_close(r.norms[0], expected, rtol=1e-4, atol=1e-6)
-    assert bool((r.norms[0] - distance).abs().max() < 2e-4 * distance.max() + 1e-4 / float(w.norm(p=dual)))
+    torch.testing.assert_close(r.distances[0], expected, rtol=1e-4, atol=1e-6)
+    assert bool((r.distances[0] - distance).abs().max() < 2e-4 * distance.max() + 1e-4 / float(w.norm(p=dual)))
     # One linearisation step lands on the boundary of a linear model: one backward per example.
     assert r.n_backward == x.shape[0]
+
+
+def test_deepfool_default_overshoot_scales_the_step() -> None:
+    """With the default overshoot (0.02) the point reported is 1.02 times the linearised step, exactly."""
+    model, w, b = _linear_binary()
+    x, y = _points(model, 16, 20, 3.0)
+    r = deepfool(model, x, y, eps=1e3)
+    expected = ((x.flatten(1) @ w + b).abs() + 1e-4) / w.norm() * 1.02
+    torch.testing.assert_close(r.distances[0], expected, rtol=1e-5, atol=1e-7)
 
 
 def test_deepfool_budgets_from_one_run() -> None:
@@ -62,7 +69,7 @@ def test_deepfool_budgets_from_one_run() -> None:
     many = deepfool(model, x, y, eps=budgets)
     one = deepfool(model, x, y, eps=5.0)
     assert many.n_backward == one.n_backward
-    assert bool((many.norms <= torch.tensor(budgets)[:, None] * (1 + 1e-5)).all())
+    assert bool((many.distances <= torch.tensor(budgets)[:, None] * (1 + 1e-5)).all())
     rates = many.success_rate
     assert bool((rates[1:] >= rates[:-1]).all()) and rates[0] < rates[-1]
     assert torch.equal(many.success[-1], one.success[0])
@@ -97,9 +104,9 @@ def test_cw_l2_linear_binary_near_optimum() -> None:
     r = cw(model, x, y, eps=10.0, steps=50, binary_search_steps=5)
     for result in (quick, r):
         assert bool(result.success.all())
-        assert bool((result.norms[0] >= optimum * (1 - 1e-4)).all())  # nothing adversarial is closer
-    assert float((quick.norms[0] / optimum).median()) < 1.2
-    ratio = r.norms[0] / optimum
+        assert bool((result.distances[0] >= optimum * (1 - 1e-4)).all())  # nothing adversarial is closer
+    assert float((quick.distances[0] / optimum).median()) < 1.2
+    ratio = r.distances[0] / optimum
     assert float(ratio.median()) < 1.06
     assert float(ratio.max()) < 1.25
 
@@ -134,19 +141,14 @@ def test_cw_confidence_on_linear_model() -> None:
         logits = model(r.x_adv[0])
     margin = logits.gather(1, (1 - y)[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
     assert bool((margin >= kappa - 1e-4).all())
-    ratio = r.norms[0] / optimum
+    ratio = r.distances[0] / optimum
     assert bool((ratio >= 1 - 1e-4).all()) and float(ratio.median()) < 1.06
 
 
 # ---------------------------------------------------------------- a small trained MNIST CNN
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +166,7 @@ def test_deepfool_fills_every_budget_from_one_run_on_mnist(
     many = deepfool(mnist_cnn, x, y, eps=budgets)
     one = deepfool(mnist_cnn, x, y, eps=5.0)
     assert many.n_backward == one.n_backward and many.n_backward > 0
-    assert bool((many.norms <= torch.tensor(budgets)[:, None] * (1 + 1e-5)).all())
+    assert bool((many.distances <= torch.tensor(budgets)[:, None] * (1 + 1e-5)).all())
     rates = many.success_rate
     assert bool((rates[1:] >= rates[:-1]).all())
     assert float(rates[-1]) >= 0.95 and float(rates[0]) < float(rates[-1])
@@ -180,7 +182,7 @@ def test_cw_beats_deepfool_on_mnist(mnist_cnn: nn.Module, mnist_points: tuple[to
     assert float(ok.sum()) >= 0.95 * float(carlini.clean_correct.sum())
     both = ok & fool.success[0]
     # DeepFool stops just past a linearised boundary; C&W optimises the norm itself (about 5 % smaller here).
-    assert float(carlini.norms[0][both].median()) < 0.98 * float(fool.norms[0][both].median())
+    assert float(carlini.distances[0][both].median()) < 0.98 * float(fool.distances[0][both].median())
     assert carlini.n_backward <= 80 * x.shape[0]
 
 
@@ -202,7 +204,7 @@ def test_cw_linf_on_mnist(mnist_cnn: nn.Module, mnist_points: tuple[torch.Tensor
     x, y = (t[:64] for t in mnist_points)
     margin = cw_linf(mnist_cnn, x, y, eps=0.15, steps=10, generator=torch.Generator().manual_seed(0))
     base = pgd(mnist_cnn, x, y, eps=0.15, steps=10, generator=torch.Generator().manual_seed(0))
-    assert bool((margin.norms <= 0.15 + 1e-6).all())
+    assert bool((margin.distances <= 0.15 + 1e-6).all())
     acc = float(margin.robust_accuracy[0])
     assert acc < float(margin.clean_correct.float().mean()) - 0.2
     assert acc <= float(base.robust_accuracy[0]) + 0.08

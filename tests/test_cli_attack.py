@@ -11,8 +11,9 @@ import pytest
 import torch
 from click.testing import CliRunner, Result
 
-from advlab.attacks import list_attacks
-from advlab.cli.attack_cmd import _json_safe, _MultiValueCommand, _summarise, attack_command, parse_eps
+from advlab.attacks import attack_spec, list_attacks
+from advlab.cli.attack_cmd import HYPER, _MultiValueCommand, attack_command, parse_eps
+from advlab.evaluate import json_safe
 from advlab.report import pick_examples, save_attack_grid
 
 N = 60  # examples attacked per run: small, so each run takes well under a second of attack time
@@ -42,22 +43,17 @@ def run_ok(checkpoint: Path, out: Path, *args: str) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
-def needs(name: str) -> None:
-    if name not in list_attacks():
-        pytest.skip(f"attack {name!r} is not registered")
-
-
 def check_schema(payload: dict[str, Any], attack: str, eps: list[float]) -> None:
     assert payload["attack"] == attack
     assert payload["n"] == payload["config"]["n"]
     assert 0.0 <= payload["clean_accuracy"] <= 1.0
     assert [row["eps"] for row in payload["results"]] == pytest.approx(eps)
     for row in payload["results"]:
-        assert set(row) == {"eps", "robust_accuracy", "success_rate", "median_norm", "mean_norm"}
+        assert set(row) == {"eps", "robust_accuracy", "success_rate", "median_distance", "mean_distance"}
         assert 0.0 <= row["robust_accuracy"] <= payload["clean_accuracy"] + 1e-9
         assert 0.0 <= row["success_rate"] <= 1.0
-        if row["median_norm"] is not None:
-            assert 0.0 <= row["median_norm"] <= row["eps"] * (1 + 1e-4) + 1e-6
+        if row["median_distance"] is not None:
+            assert 0.0 <= row["median_distance"] <= row["eps"] * (1 + 1e-4) + 1e-6
     assert payload["n_forward"] > 0 and payload["n_backward"] > 0
     assert payload["seconds"] > 0 and payload["examples_per_second"] > 0
     cfg = payload["config"]
@@ -94,13 +90,11 @@ def test_parse_eps() -> None:
 
 
 def test_json_safe_turns_nan_into_null() -> None:
-    success = torch.zeros(2, 4, dtype=torch.bool)
-    rows = _summarise((0.0, 0.1), success, torch.zeros(2, 4), torch.ones(4, dtype=torch.bool), None)
-    assert math.isnan(rows[0]["median_norm"])
-    text = json.dumps(_json_safe({"rows": rows, "t": (1.0, float("inf"))}), allow_nan=False)
+    rows = [{"median_distance": math.nan, "robust_accuracy": 1.0}]
+    text = json.dumps(json_safe({"rows": rows, "t": (1.0, float("inf")), "x": torch.tensor([0.5])}), allow_nan=False)
     back = json.loads(text)
-    assert back["rows"][0]["median_norm"] is None and back["rows"][1]["robust_accuracy"] == 1.0
-    assert back["t"] == [1.0, None]
+    assert back["rows"][0]["median_distance"] is None and back["rows"][0]["robust_accuracy"] == 1.0
+    assert back["t"] == [1.0, None] and back["x"] == [0.5]
 
 
 # ---------------------------------------------------------------- runs
@@ -113,7 +107,7 @@ def test_fgsm_three_budgets_space_separated(checkpoint: Path, tmp_path: Path) ->
     rows = payload["results"]
     assert rows[0]["robust_accuracy"] == pytest.approx(payload["clean_accuracy"])  # eps = 0 is the identity
     assert rows[2]["robust_accuracy"] < rows[0]["robust_accuracy"]
-    assert rows[2]["median_norm"] == pytest.approx(0.3, rel=1e-4)
+    assert rows[2]["median_distance"] == pytest.approx(0.3, rel=1e-4)
     assert payload["n_backward"] == N  # one gradient at the clean input, shared by the budgets
     assert payload["config"]["loss"] == "ce" and payload["config"]["norm"] == "linf"
 
@@ -127,7 +121,6 @@ def test_budget_forms_and_batching_agree(checkpoint: Path, tmp_path: Path) -> No
 
 
 def test_pgd_restarts_and_grid(checkpoint: Path, tmp_path: Path) -> None:
-    needs("pgd")
     from matplotlib.image import imread
 
     grid = tmp_path / "sub" / "pgd.png"
@@ -147,8 +140,8 @@ def test_pgd_restarts_and_grid(checkpoint: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("mode", ["random", "least-likely"])
 def test_targeted_modes(checkpoint: Path, tmp_path: Path, mode: str) -> None:
-    attack = "pgd" if "pgd" in list_attacks() else "fgsm"
-    extra = ["--steps", "10"] if attack == "pgd" else []
+    attack = "pgd"
+    extra = ["--steps", "10"]
     if mode == "random":
         extra += ["--grid", str(tmp_path / "t.png")]
     payload = run_ok(checkpoint, tmp_path / "t.json", "--attack", attack, "--eps", "0.1", "0.3",
@@ -176,21 +169,56 @@ def test_targeted_fixed_class_excludes_that_class(checkpoint: Path, tmp_path: Pa
 
 
 def test_min_norm_attack(checkpoint: Path, tmp_path: Path) -> None:
-    needs("deepfool")
     payload = run_ok(checkpoint, tmp_path / "df.json", "--attack", "deepfool", "--eps", "0.5", "2", "--norm", "l2")
     check_schema(payload, "deepfool", [0.5, 2.0])
     small, large = payload["results"]
     assert large["success_rate"] >= small["success_rate"] and large["success_rate"] > 0.5
-    assert 0 < large["median_norm"] <= 2.0 + 1e-4
+    assert 0 < large["median_distance"] <= 2.0 + 1e-4
     assert payload["config"]["norm"] == "l2"
 
 
 def test_command_is_registered() -> None:
-    try:
-        from advlab.cli.main import cli
-    except ImportError as err:  # another command module is not there yet
-        pytest.skip(f"the advlab group cannot be imported yet: {err}")
+    from advlab.cli.main import cli
+
     assert cli.commands["attack"] is attack_command
+
+
+def test_illc_runs_from_the_command_line(checkpoint: Path, tmp_path: Path) -> None:
+    payload = run_ok(checkpoint, tmp_path / "illc.json", "--attack", "illc", "--eps", "0.1", "0.3", "--steps", "5",
+                     "--step-size", "0.06")
+    check_schema(payload, "illc", [0.1, 0.3])
+    assert payload["targeted"] is True  # toward the least-likely classes it chose itself
+    assert payload["config"]["steps"] == 5 and payload["results"][1]["success_rate"] > 0
+
+
+def test_every_hyper_parameter_is_a_typed_option() -> None:
+    """Each field of each registered attack's config is an option of its own type: none is hand-listed."""
+    options = {p.name: p for p in attack_command.params}
+    for name in list_attacks():
+        for field, default in attack_spec(name).defaults().items():
+            assert field in options, f"{name}.{field} has no option"
+            assert name in HYPER[field][1]
+            if isinstance(default, bool):
+                assert options[field].secondary_opts, field  # --flag/--no-flag
+            elif isinstance(default, int):
+                assert options[field].type.name == "integer", field
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "value"),
+    [
+        (["--attack", "pgd", "--norm", "l2", "--steps", "1"], "steps", 1),
+        (["--attack", "pgd", "--norm", "l2", "--steps", "1"], "norm", "l2"),
+        (["--attack", "pgd", "--steps", "2", "--no-random-start"], "random_start", False),
+        (["--attack", "pgd", "--steps", "2", "--loss", "margin"], "loss", "margin"),
+        (["--attack", "apgd", "--steps", "2", "--momentum", "0.5"], "momentum", 0.5),
+        (["--attack", "rfgsm", "--random-step", "0.05"], "random_step", 0.05),
+        (["--attack", "cw_linf", "--steps", "2", "--confidence", "5"], "confidence", 5.0),
+    ],
+)
+def test_options_take_effect(checkpoint: Path, tmp_path: Path, args: list[str], key: str, value: Any) -> None:
+    payload = run_ok(checkpoint, tmp_path / "o.json", *args, "--eps", "0.1")
+    assert payload["config"][key] == value
 
 
 # ---------------------------------------------------------------- errors
@@ -199,16 +227,19 @@ def test_command_is_registered() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--attack", "nope", "--eps", "0.1"], "valid attacks: "),
+        (["--attack", "nope", "--eps", "0.1"], "'nope' is not one of"),
         (["--attack", "fgsm", "--eps", "abc"], "not a number"),
         (["--attack", "fgsm", "--eps", "0.1", "-0.2"], "non-negative"),
         (["--attack", "fgsm", "--eps", "0.1", "--restarts", "2"], "does not take --restarts"),
-        (["--attack", "fgsm", "--eps", "0.1", "--param", "kappa=1"], "--param loss=VALUE"),
+        (["--attack", "fgsm", "--eps", "0.1", "--confidence", "1"], "does not take --confidence; it takes --loss"),
+        (["--attack", "pgd", "--eps", "0.1", "--steps", "1.5"], "'1.5' is not a valid integer"),
+        (["--attack", "pgd", "--eps", "0.1", "--steps", "0"], "steps must be an integer >= 1"),
         (["--attack", "fgsm", "--eps", "0.1", "--norm", "l2"], "supported: linf"),
         (["--attack", "fgsm", "--eps", "0.1", "--targeted", "12"], "out of range"),
         (["--attack", "fgsm", "--eps", "0.1", "--targeted", "most-likely"], "least-likely, random"),
         (["--attack", "fgsm", "--eps", "0.1", "--data", "nope"], "nope"),
-        (["--attack", "fgsm", "--eps", "0.1", "--param", "loss=hinge"], "loss"),
+        (["--attack", "fgsm", "--eps", "0.1", "--loss", "hinge"], "unknown loss 'hinge'"),
+        (["--attack", "deepfool", "--eps", "0.1", "--targeted", "random"], "no targeted mode"),
     ],
 )
 def test_errors_are_clean(checkpoint: Path, tmp_path: Path, args: list[str], message: str) -> None:

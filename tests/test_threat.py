@@ -12,12 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from advlab.threat import (
-    NORMS,
+    LP_NORMS,
     LpBall,
     check_norm,
+    choose_targets,
     clip_to_bounds,
     is_adversarial,
-    least_likely_targets,
     lp_norm,
     project_l1,
     random_targets,
@@ -48,7 +48,7 @@ def _l1_bisection(v: torch.Tensor, r: float) -> torch.Tensor:
 
 
 @settings(max_examples=60, deadline=None)
-@given(deltas, radii, st.sampled_from(NORMS))
+@given(deltas, radii, st.sampled_from(LP_NORMS))
 def test_projection_is_inside_and_idempotent(delta_np: np.ndarray, eps: float, norm: str) -> None:
     delta = torch.from_numpy(delta_np)
     ball = LpBall(norm, eps)
@@ -60,7 +60,7 @@ def test_projection_is_inside_and_idempotent(delta_np: np.ndarray, eps: float, n
 
 
 @settings(max_examples=60, deadline=None)
-@given(deltas, st.floats(0.1, 5.0), st.sampled_from(NORMS), st.integers(0, 2**31 - 1))
+@given(deltas, st.floats(0.1, 5.0), st.sampled_from(LP_NORMS), st.integers(0, 2**31 - 1))
 def test_projection_is_the_nearest_point(delta_np: np.ndarray, eps: float, norm: str, seed: int) -> None:
     delta = torch.from_numpy(delta_np)
     ball = LpBall(norm, eps)
@@ -101,7 +101,7 @@ def test_l1_projection_matches_bisection(delta_np: np.ndarray, eps: float) -> No
 def test_per_example_eps_projection_and_image_shapes() -> None:
     delta = torch.ones(3, 1, 2, 2)
     eps = torch.tensor([0.5, 1.0, 8.0])
-    for norm in NORMS:
+    for norm in LP_NORMS:
         p = LpBall(norm, eps).project(delta)
         assert p.shape == delta.shape
         torch.testing.assert_close(lp_norm(p, norm), torch.minimum(lp_norm(delta, norm), eps))
@@ -110,7 +110,7 @@ def test_per_example_eps_projection_and_image_shapes() -> None:
 # ---------------------------------------------------------------- random starts
 
 
-@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("norm", LP_NORMS)
 def test_random_init_is_inside_and_spread(norm: str) -> None:
     eps, n, d = 0.7, 4000, 12
     like = torch.zeros(n, 1, 3, 4, dtype=torch.float64)
@@ -148,7 +148,7 @@ def test_radial_random_init_has_a_uniform_radius(norm: str) -> None:
 
 def test_random_init_reproducible_with_generator() -> None:
     like = torch.zeros(5, 8)
-    for norm in NORMS:
+    for norm in LP_NORMS:
         a = LpBall(norm, 0.3).random_init(like, torch.Generator().manual_seed(3))
         b = LpBall(norm, 0.3).random_init(like, torch.Generator().manual_seed(3))
         c = LpBall(norm, 0.3).random_init(like, torch.Generator().manual_seed(4))
@@ -192,7 +192,7 @@ def test_l1_step_skips_coordinates_stuck_at_bounds() -> None:
 def test_per_example_step_size() -> None:
     grad = torch.randn(3, 10, generator=torch.Generator().manual_seed(0))
     alpha = torch.tensor([0.1, 1.0, 2.0])
-    for norm in NORMS:
+    for norm in LP_NORMS:
         step = LpBall(norm, 1.0).steepest_step(grad, alpha)
         torch.testing.assert_close(lp_norm(step, norm), alpha)
 
@@ -225,7 +225,7 @@ def test_bad_norm_and_eps() -> None:
     with pytest.raises(ValueError, match="unknown norm"):
         check_norm("L2")
     with pytest.raises(ValueError, match="unknown norm"):
-        lp_norm(torch.ones(1, 2), "l0")
+        lp_norm(torch.ones(1, 2), "l3")
     with pytest.raises(ValueError, match="non-negative"):
         LpBall("linf", -0.1)
     with pytest.raises(ValueError, match="finite"):
@@ -265,7 +265,7 @@ def test_random_targets_cover_every_other_class() -> None:
         random_targets(labels, 1)
 
 
-def test_least_likely_targets() -> None:
+def test_choose_least_likely_targets() -> None:
     weight = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]])
     model = torch.nn.Linear(2, 3, bias=False)
     with torch.no_grad():
@@ -273,7 +273,56 @@ def test_least_likely_targets() -> None:
     x = torch.tensor([[1.0, 2.0], [-3.0, 1.0], [-1.0, -1.0]])
     expected = (x @ weight.T).argmin(dim=1)
     assert torch.equal(expected, torch.tensor([2, 0, 0]))
-    assert torch.equal(least_likely_targets(model, x), expected)
-    excluded = least_likely_targets(model, x, exclude=expected)  # next-least-likely
+    logits = model(x).detach()
+    # excluding the true class: the least likely of the others
+    assert torch.equal(choose_targets("least-likely", torch.tensor([0, 1, 1]), logits=logits), expected)
+    excluded = choose_targets("least-likely", expected, logits=logits)  # next-least-likely
     assert torch.equal(excluded, torch.tensor([0, 1, 1]))
-    assert model.weight.grad is None
+
+
+def test_choose_targets_modes() -> None:
+    labels = torch.tensor([0, 1, 2, 2])
+    assert choose_targets(2, labels, num_classes=3).tolist() == [2, 2, 2, 2]
+    assert choose_targets("1", labels, num_classes=3).tolist() == [1, 1, 1, 1]
+    random = choose_targets("random", labels, num_classes=3, generator=torch.Generator().manual_seed(0))
+    assert bool((random != labels).all())
+    with pytest.raises(ValueError, match=r"out of range; use 0\.\.2"):
+        choose_targets(3, labels, num_classes=3)
+    with pytest.raises(ValueError, match="not a target mode"):
+        choose_targets("most-likely", labels, num_classes=3)
+    with pytest.raises(ValueError, match="need the clean logits"):
+        choose_targets("least-likely", labels, num_classes=3)
+
+
+def test_l0_ball_keeps_the_largest_coordinates() -> None:
+    delta = torch.tensor([[0.5, -2.0, 0.0, 1.0], [0.1, 0.1, 0.1, 0.0]])
+    ball = LpBall("l0", 2)
+    p = ball.project(delta)
+    expected = torch.tensor([[0.0, -2.0, 0.0, 1.0], [0.1, 0.1, 0.0, 0.0]])  # ties keep the lower index
+    assert torch.equal(p, expected)
+    assert lp_norm(p, "l0").tolist() == [2.0, 2.0]
+    assert bool(ball.contains(p).all()) and not bool(ball.contains(delta).all())
+    assert torch.equal(LpBall("l0", 3).project(delta[1:]), delta[1:])  # already inside: unchanged
+    assert torch.equal(LpBall("l0", 0).project(delta), torch.zeros_like(delta))
+    with pytest.raises(ValueError, match="no random start"):
+        ball.random_init(delta)
+    with pytest.raises(ValueError, match="no steepest step"):
+        ball.steepest_step(delta, 1.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(deltas, st.integers(0, 8))
+def test_l0_projection_is_the_nearest_point(delta_np: np.ndarray, k: int) -> None:
+    """No other set of k kept coordinates is closer (in L2) than the k largest."""
+    delta = torch.from_numpy(delta_np)
+    p = LpBall("l0", k).project(delta)
+    assert bool((lp_norm(p, "l0") <= k).all())
+    kept = (delta - p).norm(dim=1)
+    sorted_sq = delta.pow(2).sort(dim=1).values  # dropping the d - k smallest is optimal
+    optimum = sorted_sq[:, : max(delta.shape[1] - k, 0)].sum(dim=1).sqrt()
+    torch.testing.assert_close(kept, optimum)
+
+
+def test_lp_ball_refuses_a_boolean_budget() -> None:
+    with pytest.raises(TypeError, match="eps must be a number"):
+        LpBall("linf", True)  # type: ignore[arg-type]
