@@ -165,6 +165,12 @@ def test_save_rejects_models_that_cannot_be_rebuilt(tmp_path: Path) -> None:
         save_checkpoint(_model("softmax"), tmp_path, metrics={"when": object()})
     with pytest.raises(ValueError, match="finite"):
         save_checkpoint(_model("softmax"), tmp_path, metrics={"loss": float("nan")})
+    with pytest.raises(TypeError, match=r"seed must be an integer, got float 1\.5"):
+        save_checkpoint(_model("softmax"), tmp_path, seed=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="seed must be an integer, got bool True"):
+        save_checkpoint(_model("softmax"), tmp_path, seed=True)
+    with pytest.raises(ValueError, match="seed must be an integer >= "):
+        save_checkpoint(_model("softmax"), tmp_path, seed=2**64)
     assert not (tmp_path / "model.json").exists()
 
 
@@ -233,7 +239,7 @@ def test_config_of_another_architecture_is_rejected(saved: tuple[Classifier, Pat
 def test_config_with_bad_hparams_is_rejected(saved: tuple[Classifier, Path]) -> None:
     _, path = saved
     _edit_json(path, lambda m: m["model"]["config"].update(hidden=[0]))
-    with pytest.raises(ValueError, match=r"cannot rebuild model 'mlp'.*hidden must be"):
+    with pytest.raises(ValueError, match=r"cannot rebuild model 'mlp'.*hidden\[0\] must be an integer >= 1, got 0"):
         load_checkpoint(path)
 
 

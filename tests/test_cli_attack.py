@@ -289,6 +289,11 @@ def test_save_attack_grid_rejects_bad_input(tmp_path: Path) -> None:
     x = torch.rand(2, 1, 8, 8)
     with pytest.raises(ValueError, match="rows"):
         save_attack_grid(x, x, torch.zeros(3, dtype=torch.long), torch.zeros(2, 3), torch.zeros(2, 3), tmp_path / "a")
+    y, logits = torch.zeros(2, dtype=torch.long), torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="max_examples must be an integer >= 1, got 0"):
+        save_attack_grid(x, x, y, logits, logits, tmp_path / "a", max_examples=0)
+    with pytest.raises(TypeError, match=r"max_examples must be an integer, got float 2\.0"):
+        save_attack_grid(x, x, y, logits, logits, tmp_path / "a", max_examples=2.0)  # type: ignore[arg-type]
 
 
 def test_pick_examples_prefers_correct_ones() -> None:

@@ -593,8 +593,10 @@ def test_fetch_digits_is_a_no_op(tmp_path: Path) -> None:
 def test_fetch_rejects_unknown_names_and_bad_timeouts(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"valid names"):
         fetch_dataset("imagenet", tmp_path)
-    with pytest.raises(ValueError, match=r"timeout must be a positive"):
+    with pytest.raises(ValueError, match=r"timeout \(seconds\) must be > 0, got 0"):
         fetch_dataset("mnist", tmp_path, timeout=0)
+    with pytest.raises(TypeError, match=r"timeout \(seconds\) must be a number, got str '5'"):
+        fetch_dataset("mnist", tmp_path, timeout="5")  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -643,6 +645,10 @@ def test_register_dataset_validates_info() -> None:
         register_dataset(bad)
     with pytest.raises(ValueError, match="one value per channel"):
         register_dataset(DatasetInfo("bad-toy", (3, 2, 2), 1, ("a",), (0.5,), (0.5,), ()))
+    with pytest.raises(ValueError, match=r"DatasetInfo 'bad-toy': shape\[1\] must be an integer >= 1, got 0"):
+        register_dataset(DatasetInfo("bad-toy", (1, 0, 2), 1, ("a",), (0.5,), (0.5,), ()))
+    with pytest.raises(TypeError, match=r"DatasetInfo 'bad-toy': shape\[2\] must be an integer, got float"):
+        register_dataset(DatasetInfo("bad-toy", (1, 2, 2.0), 1, ("a",), (0.5,), (0.5,), ()))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="already registered"):
         register_dataset(dataset_info("mnist"))(lambda files, split: (np.zeros(1), np.zeros(1)))
     assert "bad-toy" not in list_datasets()

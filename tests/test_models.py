@@ -130,25 +130,31 @@ def test_unknown_hparam_is_named_with_the_accepted_ones() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "hparams", "message"),
+    ("name", "hparams", "error", "message"),
     [
-        ("mlp", {"hidden": [0]}, "hidden must be"),
-        ("mlp", {"hidden": "wide"}, "hidden must be"),
-        ("mlp", {"hidden": []}, "hidden must be"),
-        ("mlp", {"dropout": 1.5}, "dropout must be a number in"),
-        ("cnn-small", {"kernel_size": 4}, "kernel_size must be odd"),
-        ("cnn-small", {"channels": (32, -1)}, "channels must be"),
-        ("maxout", {"pieces": 0}, "pieces must be a positive int"),
-        ("rbf", {"num_centers": 2.5}, "num_centers must be a positive int"),
-        ("rbf", {"batch_norm": "yes"}, "batch_norm must be a bool"),
-        ("lenet5", {"activation": "gelu"}, "activation must be one of"),
-        ("lenet5", {"pool": "min"}, "pool must be one of"),
-        ("resnet-tiny", {"blocks": 0}, "blocks must be a positive int"),
-        ("mlp", {"hidden": (8,), "dropout": float("nan")}, "dropout must be"),
+        ("mlp", {"hidden": [0]}, ValueError, r"hidden\[0\] must be an integer >= 1, got 0"),
+        ("mlp", {"hidden": "wide"}, TypeError, r"'mlp' rejected its hyper-parameters.*hidden must be a list of"),
+        ("mlp", {"hidden": []}, ValueError, "hidden must be a non-empty list"),
+        ("mlp", {"hidden": (8, True)}, TypeError, r"hidden\[1\] must be an integer, got bool True"),
+        ("mlp", {"dropout": 1.5}, ValueError, "dropout must be < 1, got 1.5"),
+        ("mlp", {"dropout": -0.1}, ValueError, "dropout must be >= 0, got -0.1"),
+        ("mlp", {"dropout": "0.5"}, TypeError, "dropout must be a number, got str '0.5'"),
+        ("cnn-small", {"kernel_size": 4}, ValueError, "kernel_size must be odd"),
+        ("cnn-small", {"channels": (32, -1)}, ValueError, r"channels\[1\] must be an integer >= 1, got -1"),
+        ("maxout", {"pieces": 0}, ValueError, "pieces must be an integer >= 1, got 0"),
+        ("rbf", {"num_centers": 2.5}, TypeError, "num_centers must be an integer, got float 2.5"),
+        ("rbf", {"batch_norm": "yes"}, TypeError, "batch_norm must be True or False, got str 'yes'"),
+        ("lenet5", {"activation": "gelu"}, ValueError, "activation must be one of"),
+        ("lenet5", {"pool": "min"}, ValueError, "pool must be one of"),
+        ("resnet-tiny", {"blocks": 0}, ValueError, "blocks must be an integer >= 1, got 0"),
+        ("mlp", {"hidden": (8,), "dropout": float("nan")}, ValueError, "dropout must be finite, got nan"),
     ],
 )
-def test_bad_hparams_raise_clear_errors(name: str, hparams: dict[str, object], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+def test_bad_hparams_raise_clear_errors(
+    name: str, hparams: dict[str, object], error: type[Exception], message: str
+) -> None:
+    """Wrong types raise TypeError, values out of range ValueError, each naming the hyper-parameter."""
+    with pytest.raises(error, match=message):
         create_model(name, in_shape=(1, 8, 8), num_classes=10, **hparams)  # type: ignore[arg-type]
 
 
@@ -158,8 +164,8 @@ def test_bad_hparams_raise_clear_errors(name: str, hparams: dict[str, object], m
         ({}, "pass dataset=NAME, or in_shape"),
         ({"in_shape": (1, 8, 8)}, "pass dataset=NAME, or in_shape"),
         ({"in_shape": (8, 8), "num_classes": 10}, r"in_shape must be \(C, H, W\)"),
-        ({"in_shape": (1, 0, 8), "num_classes": 10}, r"in_shape must be \(C, H, W\)"),
-        ({"in_shape": (1, 8, 8), "num_classes": 1}, "num_classes must be an int >= 2"),
+        ({"in_shape": (1, 0, 8), "num_classes": 10}, r"in_shape\[1\] of \(1, 0, 8\) must be an integer >= 1, got 0"),
+        ({"in_shape": (1, 8, 8), "num_classes": 1}, "num_classes must be an integer >= 2, got 1"),
         ({"in_shape": (1, 8, 8), "num_classes": 10, "mean": [0.5]}, "both mean and std"),
         ({"in_shape": (3, 8, 8), "num_classes": 10, "mean": [0.5, 0.5], "std": [1, 1]}, "1 or C=3 values"),
         ({"in_shape": (1, 8, 8), "num_classes": 10, "bounds": (1.0, 0.0)}, "low < high"),
@@ -167,6 +173,21 @@ def test_bad_hparams_raise_clear_errors(name: str, hparams: dict[str, object], m
 )
 def test_bad_create_model_arguments(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
+        create_model("softmax", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"in_shape": 8, "num_classes": 10}, r"in_shape must be \(C, H, W\), a tuple.*got int 8"),
+        ({"in_shape": (1, 8.0, 8), "num_classes": 10}, r"in_shape\[1\] of \(1, 8\.0, 8\) must be an integer, got"),
+        ({"in_shape": (1, 8, 8), "num_classes": 10.0}, "num_classes must be an integer, got float 10.0"),
+        ({"in_shape": (1, 8, 8), "num_classes": True}, "num_classes must be an integer, got bool True"),
+        ({"in_shape": (1, 8, 8), "num_classes": 10, "normalize": "yes"}, "normalize must be True or False"),
+    ],
+)
+def test_create_model_arguments_of_the_wrong_type_raise_type_error(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(TypeError, match=message):
         create_model("softmax", **kwargs)  # type: ignore[arg-type]
 
 
@@ -314,14 +335,15 @@ def test_maxout_unit_is_max_over_pieces() -> None:
 
 def test_rbf_layer_matches_the_gaussian_formula() -> None:
     layer = RBFLayer(4, 6)
+    layer.reset_parameters(_gen())  # not the global RNG, whose state depends on the tests run before
     with torch.no_grad():
         layer.log_sigma.copy_(torch.linspace(-0.5, 1.0, 6))
     x = torch.randn(5, 4, generator=_gen())
     d2 = torch.cdist(x, layer.centers) ** 2
     expected = torch.exp(-d2 / (2 * torch.exp(layer.log_sigma) ** 2))
     torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-4)
-    with torch.no_grad():  # an input on a centre responds with exactly 1
-        assert layer(layer.centers[:2].clone())[[0, 1], [0, 1]].tolist() == pytest.approx([1.0, 1.0])
+    with torch.no_grad():  # an input on a centre responds with 1, up to the float32 round-off of |x|^2-2xc+|c|^2
+        assert layer(layer.centers[:2].clone())[[0, 1], [0, 1]].tolist() == pytest.approx([1.0, 1.0], abs=1e-5)
 
 
 def test_resnet_tiny_is_residual_and_global_pooled() -> None:
@@ -363,6 +385,18 @@ def test_init_rbf_centers_needs_an_rbf_model_and_valid_options() -> None:
     rbf = create_model("rbf", in_shape=(1, 8, 8), num_classes=3, num_centers=4)
     with pytest.raises(ValueError, match="method must be"):
         init_rbf_centers(rbf, x, method="kmedoids")
+    with pytest.raises(TypeError, match=r"x must be a torch\.Tensor"):
+        init_rbf_centers(rbf, x.tolist())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"non-empty batch.*got shape \(0, 1, 8, 8\)"):
+        init_rbf_centers(rbf, x[:0])
+    with pytest.raises(ValueError, match="lloyd_steps must be an integer >= 0, got -1"):
+        init_rbf_centers(rbf, x, lloyd_steps=-1)
+    with pytest.raises(ValueError, match="neighbors must be an integer >= 1, got 0"):
+        init_rbf_centers(rbf, x, neighbors=0)
+    with pytest.raises(ValueError, match="width_scale must be > 0, got 0"):
+        init_rbf_centers(rbf, x, width_scale=0.0)
+    with pytest.raises(TypeError, match=r"max_samples must be an integer, got float 100\.0"):
+        init_rbf_centers(rbf, x, max_samples=100.0)  # type: ignore[arg-type]
     assert init_from_data(create_model("mlp", in_shape=(1, 8, 8), num_classes=3), x) is False
     assert init_from_data(rbf, x, generator=_gen()) is True
 

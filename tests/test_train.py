@@ -317,12 +317,22 @@ def test_diverging_loss_raises() -> None:
 
 
 @pytest.mark.parametrize("kwargs,err,match", [
-    ({"epochs": 0}, ValueError, "epochs"),
-    ({"epochs": 1, "batch_size": 0}, ValueError, "batch_size"),
+    ({"epochs": 0}, ValueError, "epochs must be an integer >= 1, got 0"),
+    ({"epochs": 1.5}, TypeError, "epochs must be an integer, got float 1.5"),
+    ({"epochs": True}, TypeError, "epochs must be an integer, got bool True"),
+    ({"epochs": 1, "batch_size": 0}, ValueError, "batch_size must be an integer >= 1, got 0"),
+    ({"epochs": 1, "batch_size": "8"}, TypeError, "batch_size must be an integer, got str '8'"),
+    ({"epochs": 1, "seed": 0.5}, TypeError, "seed must be an integer, got float 0.5"),
+    ({"epochs": 1, "seed": 2**64}, ValueError, "seed must be an integer >= "),
     ({"epochs": 1, "optimizer": "rmsprop"}, ValueError, "optimizer"),
     ({"epochs": 1, "schedule": "linear"}, ValueError, "schedule"),
-    ({"epochs": 1, "lr": -1.0}, ValueError, "lr"),
-    ({"epochs": 1, "grad_clip": 0.0}, ValueError, "grad_clip"),
+    ({"epochs": 1, "lr": -1.0}, ValueError, "lr must be > 0, got -1"),
+    ({"epochs": 1, "lr": float("nan")}, ValueError, "lr must be finite"),
+    ({"epochs": 1, "lr": "0.1"}, TypeError, "lr must be a number, got str '0.1'"),
+    ({"epochs": 1, "weight_decay": -1.0}, ValueError, "weight_decay must be >= 0, got -1"),
+    ({"epochs": 1, "optimizer": "sgd", "momentum": 1.0}, ValueError, "momentum must be < 1, got 1"),
+    ({"epochs": 1, "grad_clip": 0.0}, ValueError, "grad_clip must be > 0, got 0"),
+    ({"epochs": 1, "grad_clip": "1"}, TypeError, "grad_clip must be a number"),
     ({"epochs": 1, "x_val": torch.rand(4, 1, 2, 2)}, ValueError, "x_val and y_val"),
     ({"epochs": 1, "optimizer": "sgd", "momentum": 0.0, "nesterov": True}, ValueError, "nesterov"),
     ({"epochs": 1, "callbacks": [object()]}, TypeError, "Callback"),
@@ -345,6 +355,18 @@ def test_fit_rejects_bad_data() -> None:
         fit(_mlp(), x, y - 1, epochs=1)
     with pytest.raises(ValueError, match="empty"):
         evaluate_accuracy(_mlp(), x[:0], y[:0])
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
+        evaluate_accuracy(_mlp(), x, y, batch_size=0)
+    with pytest.raises(TypeError, match=r"batch_size must be an integer, got float 8\.0"):
+        evaluate_accuracy(_mlp(), x, y, batch_size=8.0)  # type: ignore[arg-type]
+
+
+def test_make_scheduler_rejects_bad_step_counts() -> None:
+    opt = make_optimizer(nn.Linear(2, 2).parameters(), "sgd", lr=1.0)
+    with pytest.raises(ValueError, match="total_steps must be an integer >= 1, got 0"):
+        make_scheduler(opt, "cosine", total_steps=0)
+    with pytest.raises(TypeError, match=r"total_steps must be an integer, got float 10\.0"):
+        make_scheduler(opt, "cosine", total_steps=10.0)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- recipes
@@ -436,14 +458,25 @@ def test_train_model_threads_are_restored() -> None:
     (("softmax", "digits"), {"dataset": "mnist"}, "contradicts"),
     (("softmax", (torch.rand(4, 1, 2, 2),)), {}, "tuple of tensors"),
     (("softmax", (torch.rand(4, 1, 2, 2), torch.zeros(3, dtype=torch.long))), {}, "same N"),
-    (("softmax", "digits"), {"n_train": 0}, "n_train"),
-    (("softmax", "digits"), {"threads": 0}, "threads"),
-    (("softmax", "digits"), {"recipe": {"epochs": 1}}, "Recipe"),
+    (("softmax", "digits"), {"n_train": 0}, "n_train must be an integer >= 1, got 0"),
+    (("softmax", "digits"), {"threads": 0}, "threads must be an integer >= 1, got 0"),
     (("softmax", "digits"), {"recipe": Recipe(epochs=1, lr=-1.0)}, "lr"),
 ])
 def test_train_model_rejects_bad_arguments(args: tuple[Any, ...], kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         train_model(*args, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"seed": 1.5}, "seed must be an integer, got float 1.5"),
+    ({"seed": "0"}, "seed must be an integer, got str '0'"),
+    ({"n_train": 10.0}, "n_train must be an integer, got float 10.0"),
+    ({"threads": True}, "threads must be an integer, got bool True"),
+    ({"recipe": {"epochs": 1}}, "recipe must be an advlab.train.Recipe or None, got dict"),
+])
+def test_train_model_rejects_settings_of_the_wrong_type(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(TypeError, match=match):
+        train_model("softmax", "digits", **kwargs)
 
 
 # ---------------------------------------------------------------- CLI

@@ -13,6 +13,7 @@ import platformdirs
 import torch
 
 from advlab._registry import Registry
+from advlab._validate import check_int
 
 SPLITS: tuple[str, ...] = ("train", "test")
 """The splits every dataset provides."""
@@ -94,8 +95,10 @@ def register_dataset(info: DatasetInfo, *, locate: Locator | None = None) -> Cal
     """
     if not isinstance(info, DatasetInfo):
         raise TypeError(f"register_dataset expects a DatasetInfo, got {type(info).__name__}")
-    if len(info.shape) != 3 or not all(isinstance(d, int) and d > 0 for d in info.shape):
+    if len(info.shape) != 3:
         raise ValueError(f"DatasetInfo.shape must be (C, H, W) of positive ints, got {info.shape}")
+    for i, d in enumerate(info.shape):
+        check_int(f"DatasetInfo {info.name!r}: shape[{i}]", d)
     if len(info.class_names) != info.num_classes:
         raise ValueError(
             f"DatasetInfo {info.name!r}: {len(info.class_names)} class names for {info.num_classes} classes; "

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from advlab._validate import check_float
 from advlab.data._core import dataset_info, resolve_data_root
 
 _CHUNK = 1 << 20
@@ -292,7 +293,7 @@ def fetch_dataset(
         The dataset folder under the root (the root itself for ``digits``).
 
     Raises:
-        ValueError: unknown dataset.
+        ValueError: unknown dataset, or a ``timeout`` that is not > 0 (``TypeError`` if it is not a number).
         DownloadError: offline / unreachable host / HTTP error, after at most ``timeout`` seconds per try;
             the message lists the files to place by hand and the folder to put them in.
         ChecksumError: a download whose MD5 does not match (it is discarded).
@@ -303,8 +304,7 @@ def fetch_dataset(
         PosixPath('/home/me/data/mnist')
     """
     dataset_info(name)  # validates the name, listing the valid ones
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    check_float("timeout (seconds)", timeout, inclusive=False)
     base = resolve_data_root(root)
     say = log or (lambda _msg: None)
     if name not in SOURCES:

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from advlab._provenance import versions
+from advlab._validate import check_int, check_optional
 from advlab.models.classifier import Classifier
 from advlab.models.factory import MODELS, build_net, to_json_value
 
@@ -129,8 +130,7 @@ def save_checkpoint(
             f"model_name {model.model_name!r} is not a registered model, so the checkpoint could not be "
             f"rebuilt; build the model with create_model(name, ...)"
         )
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    check_optional("seed", seed, check_int, minimum=-(2**63), maximum=2**64 - 1)  # what torch.manual_seed takes
     mean, std = model.normalization()
     meta: dict[str, Any] = {
         "format": FORMAT,

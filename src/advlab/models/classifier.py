@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -9,8 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-# Inputs may overshoot the bounds by this much (float round-off of clipping) before we complain.
-BOUNDS_TOLERANCE = 1e-5
+# The one tolerance on the bounds (float round-off of clipping), re-exported here for older imports.
+from advlab._validate import BOUNDS_TOLERANCE as BOUNDS_TOLERANCE
 
 
 class Classifier(nn.Module):
@@ -83,9 +84,9 @@ class Classifier(nn.Module):
             raise TypeError(f"inputs must be a floating-point tensor, got dtype {x.dtype}; convert with x.float()")
         if x.numel() == 0:
             return
-        low, high = torch.aminmax(x.detach())
+        low, high = torch.aminmax(x.detach())  # one pass for both extremes; NaN propagates into them
         lo, hi = float(low), float(high)
-        if lo != lo or hi != hi or lo in (float("inf"), float("-inf")) or hi in (float("inf"), float("-inf")):
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError("inputs contain NaN or inf; every value must be finite")
         if lo < self.bounds[0] - BOUNDS_TOLERANCE or hi > self.bounds[1] + BOUNDS_TOLERANCE:
             raise ValueError(

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from advlab._registry import Registry
+from advlab._validate import check_bool, check_int
 from advlab.models.classifier import Classifier
 
 
@@ -127,20 +128,19 @@ def to_json_value(value: Any, what: str) -> Any:
 
 
 def _check_in_shape(in_shape: Any) -> tuple[int, int, int]:
-    if not isinstance(in_shape, (tuple, list)) or len(in_shape) != 3:
+    if not isinstance(in_shape, (tuple, list)):
+        raise TypeError(
+            f"in_shape must be (C, H, W), a tuple of three positive ints, got {type(in_shape).__name__} "
+            f"{in_shape!r}"
+        )
+    if len(in_shape) != 3:
         raise ValueError(f"in_shape must be (C, H, W), three positive ints, got {in_shape!r}")
-    dims = []
-    for d in in_shape:
-        if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-            raise ValueError(f"in_shape must be (C, H, W), three positive ints, got {in_shape!r}")
-        dims.append(int(d))
-    return dims[0], dims[1], dims[2]
+    c, h, w = (check_int(f"in_shape[{i}] of {tuple(in_shape)!r}", d) for i, d in enumerate(in_shape))
+    return c, h, w
 
 
 def _check_num_classes(num_classes: Any) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-    return int(num_classes)
+    return check_int("num_classes", num_classes, minimum=2)
 
 
 def build_net(
@@ -164,8 +164,8 @@ def build_net(
     full = {**defaults, **hparams}
     try:
         net = factory(shape, k, **full)
-    except TypeError as err:
-        raise ValueError(f"model {name!r} rejected its hyper-parameters {dict(hparams)!r}: {err}") from err
+    except TypeError as err:  # a hyper-parameter of the wrong type (or a factory's bad signature)
+        raise TypeError(f"model {name!r} rejected its hyper-parameters {dict(hparams)!r}: {err}") from err
     config: dict[str, Any] = {"in_shape": list(shape), "num_classes": k}
     for key, value in full.items():
         config[key] = to_json_value(value, f"hyper-parameter {key!r} of model {name!r}")
@@ -247,8 +247,7 @@ def create_model(
         {'in_shape': [1, 8, 8], 'num_classes': 10, 'hidden': [32], 'dropout': 0.0}
     """
     MODELS.get(name)  # unknown names fail first, listing the valid ones
-    if not isinstance(normalize, bool):
-        raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
+    check_bool("normalize", normalize)
     if dataset is not None:
         from advlab.data import dataset_info  # lazy: models must not require data at import
 

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advlab._validate import check_float, check_int
+
 
 class Maxout(nn.Module):
     """Fully connected maxout units: each output is the max over ``pieces`` affine maps of the input.
@@ -224,10 +226,16 @@ def init_rbf_centers(
     """
     if method not in ("kmeans++", "random"):
         raise ValueError(f"method must be 'kmeans++' or 'random', got {method!r}")
-    if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError("x must be a non-empty batch tensor of training inputs (N, C, H, W)")
-    if lloyd_steps < 0 or neighbors < 1 or not width_scale > 0 or max_samples < 1:
-        raise ValueError("need lloyd_steps >= 0, neighbors >= 1, width_scale > 0 and max_samples >= 1")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor of training inputs (N, C, H, W), got {type(x).__name__}")
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(
+            f"x must be a non-empty batch tensor of training inputs (N, C, H, W), got shape {tuple(x.shape)}"
+        )
+    check_int("lloyd_steps", lloyd_steps, minimum=0)
+    check_int("neighbors", neighbors)
+    check_float("width_scale", width_scale, inclusive=False)
+    check_int("max_samples", max_samples)
     layer = _rbf_layer(model)
     if x.shape[0] > max_samples:
         keep = torch.randperm(x.shape[0], generator=generator)[:max_samples].to(x.device)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from advlab._validate import check_bool, check_float, check_int
 from advlab.models.factory import register_model
 from advlab.models.layers import BasicBlock, Maxout, RBFLayer
 
@@ -29,24 +30,20 @@ from advlab.models.layers import BasicBlock, Maxout, RBFLayer
 # hyper-parameter checks
 
 
-def _positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive int, got {value!r}")
-    return int(value)
-
-
-def _int_list(value: Any, what: str, *, allow_empty: bool = False) -> list[int]:
+def _int_list(value: Any, what: str) -> list[int]:
+    """A list of positive ints (a single int counts as a list of one)."""
     if isinstance(value, int) and not isinstance(value, bool):
         value = [value]
-    if not isinstance(value, (list, tuple)) or (not value and not allow_empty):
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{what} must be a list of positive ints, got {type(value).__name__} {value!r}")
+    if not value:
         raise ValueError(f"{what} must be a non-empty list of positive ints, got {value!r}")
-    return [_positive_int(v, f"every entry of {what}") for v in value]
+    return [check_int(f"{what}[{i}]", v) for i, v in enumerate(value)]
 
 
 def _probability(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{what} must be a number in [0, 1), got {value!r}")
-    return float(value)
+    """A dropout probability in ``[0, 1)``."""
+    return check_float(what, value, minimum=0.0, maximum=1.0, max_inclusive=False)
 
 
 def _choice(value: Any, what: str, choices: Sequence[str]) -> str:
@@ -148,10 +145,10 @@ def cnn_small(
         torch.Size([2, 10])
     """
     widths = _int_list(channels, "channels")
-    k = _positive_int(kernel_size, "kernel_size")
+    k = check_int("kernel_size", kernel_size)
     if k % 2 == 0:
         raise ValueError(f"kernel_size must be odd (so padding keeps the size), got {k}")
-    fc = _positive_int(hidden, "hidden")
+    fc = check_int("hidden", hidden)
     p_conv = _probability(conv_dropout, "conv_dropout")
     p_fc = _probability(dropout, "dropout")
     c, h, w = in_shape
@@ -200,7 +197,7 @@ def maxout(
         torch.Size([2, 10])
     """
     widths = _int_list(units, "units")
-    k = _positive_int(pieces, "pieces")
+    k = check_int("pieces", pieces)
     p = _probability(dropout, "dropout")
     p_in = _probability(input_dropout, "input_dropout")
     c, h, w = in_shape
@@ -240,9 +237,8 @@ def rbf(
         >>> rbf((1, 8, 8), 10, num_centers=20)(torch.zeros(2, 1, 8, 8)).shape
         torch.Size([2, 10])
     """
-    m = _positive_int(num_centers, "num_centers")
-    if not isinstance(batch_norm, bool):
-        raise ValueError(f"batch_norm must be a bool, got {batch_norm!r}")
+    m = check_int("num_centers", num_centers)
+    check_bool("batch_norm", batch_norm)
     c, h, w = in_shape
     norm: nn.Module = nn.BatchNorm1d(m) if batch_norm else nn.Identity()
     return nn.Sequential(nn.Flatten(), RBFLayer(c * h * w, m), norm, nn.Linear(m, num_classes))
@@ -354,7 +350,7 @@ def resnet_tiny(
         torch.Size([2, 10])
     """
     stage_widths = _int_list(widths, "widths")
-    n = _positive_int(blocks, "blocks")
+    n = check_int("blocks", blocks)
     return _ResNet(in_shape[0], num_classes, stage_widths, n)
 
 

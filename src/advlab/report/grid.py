@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from advlab._validate import check_int
+
 SUCCESS_COLOR = "#c0392b"
 NEUTRAL_COLOR = "black"
 
@@ -107,8 +109,7 @@ def save_attack_grid(
             raise ValueError(f"{name} must have {n} rows to match x, got {t.shape[0]}")
     if n == 0:
         raise ValueError("no examples to plot; pass at least one")
-    if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
-        raise ValueError(f"max_examples must be a positive integer, got {max_examples!r}")
+    check_int("max_examples", max_examples)
     if not bounds[0] < bounds[1]:
         raise ValueError(f"bounds must satisfy low < high, got {bounds!r}")
 

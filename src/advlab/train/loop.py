@@ -14,11 +14,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advlab._validate import check_float, check_int, check_optional
 from advlab.models.classifier import Classifier, unchecked_inputs
 from advlab.train.callbacks import Callback, ProgressBar, TrainState
 from advlab.train.history import EpochRecord, TrainHistory
 from advlab.train.optim import make_optimizer, make_scheduler
 from advlab.train.steps import StepContext, StepFn, StepOutput, standard_step
+
+# The seeds ``torch.manual_seed`` accepts.
+_SEED_MIN = -(2**63)
+_SEED_MAX = 2**64 - 1
 
 
 def fit(
@@ -97,16 +102,12 @@ def fit(
         raise ValueError("give both x_val and y_val for validation, or neither")
     if x_val is not None and y_val is not None:
         y_val = _check_data(x_val, y_val, "val")
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    check_int("epochs", epochs)
+    check_int("batch_size", batch_size)
+    check_int("seed", seed, minimum=_SEED_MIN, maximum=_SEED_MAX)
     if not callable(step):
         raise TypeError("step must be a function step(model, x, y, ctx) -> StepOutput")
-    if grad_clip is not None and not (math.isfinite(grad_clip) and grad_clip > 0):
-        raise ValueError(f"grad_clip must be a positive number or None, got {grad_clip!r}")
+    check_optional("grad_clip", grad_clip, check_float, inclusive=False)
     for cb in callbacks:
         if not isinstance(cb, Callback):
             raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
@@ -288,8 +289,7 @@ def evaluate_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     y = _check_data(x, y, "evaluation")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    check_int("batch_size", batch_size)
     dev = _model_device(model, x.device)
     checked = isinstance(model, Classifier) and model.check_inputs
     if isinstance(model, Classifier) and checked:

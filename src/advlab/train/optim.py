@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
 from torch import nn
+
+from advlab._validate import check_float, check_int
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("cosine", "onecycle")
@@ -36,17 +37,14 @@ def make_optimizer(
     """
     if not isinstance(name, str) or name.lower() not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; use one of {', '.join(OPTIMIZERS)}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    check_float("lr", lr, inclusive=False)
+    check_float("weight_decay", weight_decay)
     name = name.lower()
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    check_float("momentum", momentum, maximum=1.0, max_inclusive=False)
     if nesterov and momentum == 0:
         raise ValueError("nesterov=True needs momentum > 0; set momentum (e.g. 0.9) or nesterov=False")
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
@@ -72,8 +70,7 @@ def make_scheduler(
         return None
     if not isinstance(name, str) or name.lower() not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; use None or one of {', '.join(SCHEDULES)}")
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    check_int("total_steps", total_steps)
     name = name.lower()
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)

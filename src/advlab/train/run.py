@@ -19,10 +19,11 @@ import torch
 from torch import Tensor
 
 from advlab._provenance import versions
+from advlab._validate import check_int, check_optional
 from advlab.data import list_datasets, load_dataset
 from advlab.models import Classifier, create_model, list_models, save_checkpoint
 from advlab.train.callbacks import Callback
-from advlab.train.loop import TrainHistory, evaluate_accuracy, fit
+from advlab.train.loop import _SEED_MAX, _SEED_MIN, TrainHistory, evaluate_accuracy, fit
 from advlab.train.recipes import Recipe, get_recipe, prepare_model
 
 __all__ = ["TrainRun", "save_run", "train_model"]
@@ -95,9 +96,10 @@ def train_model(
         A :class:`TrainRun`.
 
     Raises:
-        ValueError: an unknown model or dataset name, malformed data or settings (including what
-            :func:`~advlab.train.fit` rejects). ``FileNotFoundError`` when the dataset files are not under
-            ``data_root``; ``FloatingPointError`` when the loss diverges.
+        ValueError: an unknown model or dataset name, malformed data or settings out of range (including
+            what :func:`~advlab.train.fit` rejects). ``TypeError`` for a setting of the wrong type (a float
+            or bool for an int, a dict for a recipe); ``FileNotFoundError`` when the dataset files are not
+            under ``data_root``; ``FloatingPointError`` when the loss diverges.
 
     Example:
         >>> run = train_model("softmax", "digits", get_recipe("softmax", epochs=1), n_train=200, threads=1)
@@ -108,14 +110,11 @@ def train_model(
         raise ValueError(f"unknown model {model!r}; valid names: {', '.join(list_models())}")
     if dataset is not None and dataset not in list_datasets():
         raise ValueError(f"unknown dataset {dataset!r}; valid names: {', '.join(list_datasets())}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, got {seed!r}")
-    if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 1):
-        raise ValueError(f"n_train must be a positive int or None, got {n_train!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+    check_int("seed", seed, minimum=_SEED_MIN, maximum=_SEED_MAX)
+    check_optional("n_train", n_train, check_int)
+    check_optional("threads", threads, check_int)
     if recipe is not None and not isinstance(recipe, Recipe):
-        raise ValueError(f"recipe must be an advlab.train.Recipe or None, got {type(recipe).__name__}")
+        raise TypeError(f"recipe must be an advlab.train.Recipe or None, got {type(recipe).__name__}")
     dev = torch.device("cpu") if device is None else torch.device(device)
 
     x_train, y_train, test, dataset = _load(data, dataset, data_root)
