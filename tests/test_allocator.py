@@ -93,7 +93,12 @@ def test_exported_at_top_level() -> None:
 @pytest.mark.parametrize(("opt_out", "expected"), [(None, 1), ("1", 0)])
 def test_cli_applies_it_unless_opted_out(monkeypatch: pytest.MonkeyPatch, opt_out: str | None, expected: int) -> None:
     calls: list[int] = []
-    monkeypatch.setattr(cli_main, "keep_freed_memory", lambda: bool(calls.append(1)))
+
+    def record() -> bool:
+        calls.append(1)
+        return True
+
+    monkeypatch.setattr(cli_main, "keep_freed_memory", record)
     if opt_out is None:
         monkeypatch.delenv("ADVLAB_DEFAULT_MALLOC", raising=False)
     else:

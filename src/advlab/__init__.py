@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "list_datasets": "advlab.data",
     "load_dataset": "advlab.data",
     "list_defenses": "advlab.defenses",
+    "keep_freed_memory": "advlab._allocator",
     "list_experiments": "advlab.experiments",
     "Classifier": "advlab.models",
     "create_model": "advlab.models",
@@ -30,12 +31,13 @@ _EXPORTS: dict[str, str] = {
     "save_checkpoint": "advlab.models",
     "LpBall": "advlab.threat",
 }
-_SUBMODULES = ("attacks", "data", "defenses", "experiments", "models", "threat", "train")
+_SUBMODULES = ("attacks", "data", "defenses", "evaluate", "experiments", "models", "threat", "train")
 
 __all__ = ["__version__", *_EXPORTS, *_SUBMODULES]
 
 if TYPE_CHECKING:
-    from advlab import attacks, data, defenses, experiments, models, threat, train
+    from advlab import attacks, data, defenses, evaluate, experiments, models, threat, train
+    from advlab._allocator import keep_freed_memory
     from advlab.attacks import AttackResult, list_attacks
     from advlab.data import dataset_info, list_datasets, load_dataset
     from advlab.defenses import list_defenses

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from advlab import __version__
+from advlab._allocator import keep_freed_memory
 from advlab.cli import attack_cmd, data_cmd, list_cmd, train_cmd
 
 
@@ -20,7 +23,13 @@ for _module in (data_cmd, train_cmd, attack_cmd, list_cmd):
 
 
 def main() -> None:
-    """Runs the ``advlab`` command."""
+    """Runs the ``advlab`` command.
+
+    First makes glibc ``malloc`` keep freed memory in the process (:func:`advlab.keep_freed_memory`: attacks
+    and training on CPU ran about 20 % faster with it on the benchmark machine); ``ADVLAB_DEFAULT_MALLOC=1``
+    keeps the C library's defaults."""
+    if os.environ.get("ADVLAB_DEFAULT_MALLOC", "") not in ("1", "true", "yes"):
+        keep_freed_memory()
     cli()
 
 
