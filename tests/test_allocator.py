@@ -50,7 +50,9 @@ def _probe(mode: str) -> dict[str, Any]:
 def test_keep_freed_memory_keeps_a_freed_block_in_the_heap() -> None:
     try:
         before = _probe("off")
-    except subprocess.CalledProcessError as err:  # e.g. glibc < 2.33: no mallinfo2
+    except subprocess.CalledProcessError as err:  # glibc < 2.33 has no mallinfo2; any other failure fails
+        if "mallinfo2" not in err.stderr:
+            raise
         pytest.skip(f"mallinfo2 unavailable: {err.stderr[-200:]}")
     assert before["mapped"] and before["free_mib"] < 64  # the default: mapped on its own, unmapped when freed
     after = _probe("on")
