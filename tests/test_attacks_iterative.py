@@ -105,6 +105,7 @@ def test_bim_schedule_follows_the_paper() -> None:
     assert bim_schedule(64 / 255, (0.0, 1.0), "linf") == (68, pytest.approx(1 / 255))
     assert bim_schedule(32 / 255 * 2, (-1.0, 1.0), "linf") == (36, pytest.approx(2 / 255))  # range 2: eps=32
     assert bim_schedule(1e-4, (0.0, 1.0), "linf")[0] == 1
+    assert bim_schedule(2.0, (0.0, 1.0), "l2") == (10, pytest.approx(0.25))  # 1.25 eps over 10 steps
 
 
 def binary_direction(w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

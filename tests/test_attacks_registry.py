@@ -103,3 +103,99 @@ def test_pgd_restarts_keep_the_best_restart_per_example(
     eight = pgd(digits_cnn, x, y, eps=0.15, steps=3, restarts=8, generator=torch.Generator().manual_seed(3))
     assert not bool((one.success & ~eight.success).any())
     assert int(eight.success.sum()) >= int(one.success.sum()) + 5
+
+
+# ---------------------------------------------------------------- tests that kill surviving mutants
+# (mutation testing of threat.py and the attacks; see benchmarks/README.md, "Mutation testing")
+
+
+@pytest.mark.parametrize("name", list_attacks())
+def test_every_config_field_refuses_a_value_of_the_wrong_type(name: str) -> None:
+    """A string where a number or flag belongs (a number where a string belongs) is a TypeError that names
+    the field, for every hyper-parameter of every registered attack."""
+    spec = attack_spec(name)
+    for field, default in spec.defaults().items():
+        wrong: object = 1.5 if isinstance(default, str) else "x"
+        with pytest.raises(TypeError, match=field):
+            spec.config(**{field: wrong})
+
+
+@pytest.mark.parametrize("name", list_attacks())
+def test_the_registry_entry_describes_the_attack(name: str, digits_cnn: nn.Module,
+                                                 digits_points: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """``targeted`` in the registry says whether the function takes ``targeted=True``; the summary is the
+    first line of its docstring."""
+    spec = attack_spec(name)
+    assert isinstance(spec.targeted, bool) and isinstance(spec.min_norm, bool)
+    assert spec.summary == (spec.fn.__doc__ or "").strip().splitlines()[0]
+    x, y = (t[:4] for t in digits_points)
+    eps = EPS[spec.default_norm]
+    if spec.targeted:
+        r = spec.fn(digits_cnn, x, (y + 1) % 10, eps=eps, targeted=True)
+        assert r.targeted
+    else:
+        with pytest.raises(ValueError, match="targeted"):
+            spec.fn(digits_cnn, x, y, eps=eps, targeted=True)
+
+
+def test_min_norm_attacks_find_small_perturbations_on_digits(
+    digits_cnn: nn.Module, digits_points: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """DeepFool lands within 15 % of C&W's median L2 (it follows the boundary; a broken accumulation of its
+    steps overshoots far), and C&W grows its constant tenfold until a success bounds it: starting at 1e-3
+    it still reaches most random targets in 4 rounds."""
+    from advlab.attacks import cw, deepfool
+
+    x, y = (t[:64] for t in digits_points)
+    fool, carlini = deepfool(digits_cnn, x, y, eps=10.0), cw(digits_cnn, x, y, eps=10.0)
+    both = fool.success[0] & carlini.success[0]
+    assert float(both.float().mean()) > 0.9
+    assert float(fool.distances[0][both].median()) <= 1.15 * float(carlini.distances[0][both].median())
+    targets = random_targets(y, 10, torch.Generator().manual_seed(1))
+    low = cw(digits_cnn, x, targets, eps=10.0, targeted=True, true_labels=y, initial_const=1e-3)
+    assert float(low.success_rate[0]) >= 0.4
+
+
+def test_apgd_spends_its_steps_and_stops_when_all_are_broken(
+    digits_cnn: nn.Module, digits_points: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    from advlab.attacks import apgd
+
+    x, y = (t[:64] for t in digits_points)
+    few = apgd(digits_cnn, x, y, eps=0.05, steps=15, generator=torch.Generator().manual_seed(0))
+    assert not bool(few.success.all()) and few.n_backward == 15 * 64  # one gradient per step and example
+    all_broken = apgd(digits_cnn, x, y, eps=0.5, steps=100, generator=torch.Generator().manual_seed(0))
+    assert bool(all_broken.success.all()) and all_broken.n_backward <= 11 * 64  # checked every 10 steps
+
+
+def test_cw_linf_stops_each_example_at_its_first_adversarial_iterate(
+    digits_cnn: nn.Module, digits_points: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    from advlab.attacks import cw_linf
+
+    x, y = (t[:64] for t in digits_points)
+    r = cw_linf(digits_cnn, x, y, eps=0.5, steps=50, generator=torch.Generator().manual_seed(0))
+    assert bool(r.success.all()) and r.n_backward < 50 * 64 // 2
+
+
+def test_jsma_raises_features_that_start_at_the_lower_bound(
+    digits_cnn: nn.Module, digits_points: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """theta = 1: every feature below the upper bound may be chosen, dark (zero) pixels above all."""
+    from advlab.attacks import jsma
+
+    x, y = (t[:64] for t in digits_points)
+    r = jsma(digits_cnn, x, y, eps=20)
+    changed = r.x_adv[0] != x
+    assert bool((r.x_adv[0][changed] > x[changed]).all())
+    assert int((changed & (x == 0)).sum()) > 0
+
+
+def test_pgd_restarts_keep_a_perturbed_point_for_the_unbroken(
+    digits_cnn: nn.Module, digits_points: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """An example no restart breaks keeps its highest-loss restart, not the clean input."""
+    x, y = (t[:64] for t in digits_points)
+    r = pgd(digits_cnn, x, y, eps=0.1, steps=3, restarts=4, generator=torch.Generator().manual_seed(0))
+    failed = ~r.success[0]
+    assert bool(failed.any()) and bool((r.distances[0][failed] > 0.05).all())

@@ -271,3 +271,33 @@ def test_illc_chooses_its_own_targets() -> None:
     x, y = inputs()
     with pytest.raises(ValueError, match=r"illc chooses its own targets.*bim\(\.\.\., targeted=True\)"):
         illc(tiny_model(), x, y, eps=0.1, targeted=True)
+
+
+def test_pgd_restarts_without_random_start_are_refused_from_two() -> None:
+    x, y = inputs()
+    with pytest.raises(ValueError, match="random_start=True or restarts=1"):
+        pgd(tiny_model(), x, y, eps=0.1, restarts=2, random_start=False)
+
+
+@pytest.mark.parametrize(("classes", "targeted", "ok"), [(3, False, True), (2, False, False), (4, True, True),
+                                                         (3, True, False)])
+def test_dlr_needs_three_classes_or_four_when_targeted(classes: int, targeted: bool, ok: bool) -> None:
+    from advlab.attacks import objective
+
+    logits, labels = torch.randn(2, classes), torch.tensor([0, 1])
+    if ok:
+        assert objective("dlr", logits, labels, targeted).shape == (2,)
+    else:
+        with pytest.raises(ValueError, match=r"at least 3 classes \(4 when targeted\)"):
+            objective("dlr", logits, labels, targeted)
+
+
+def test_the_l1_step_skips_coordinates_stuck_at_a_bound() -> None:
+    """PGD's L1 step passes the iterate, so coordinates at a bound that the gradient pushes out never move."""
+    from advlab.attacks._iterative import steepest
+    from advlab.threat import LpBall
+
+    x_t = torch.tensor([[1.0, 1.0, 0.5, 0.2]])
+    grad = torch.tensor([[5.0, 4.0, 1.0, -0.5]])  # the two largest push past the upper bound
+    step = steepest(LpBall("l1", 1.0), 1.0, (0.0, 1.0), l1_sparsity=0.5)(grad, x_t)
+    assert step[0, :2].tolist() == [0.0, 0.0] and float(step.abs().sum()) == pytest.approx(1.0)
