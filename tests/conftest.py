@@ -77,7 +77,7 @@ def _trained(
         except (ValueError, OSError):
             pass  # damaged: retrain
     run = train_model(model_name, dataset, recipe, seed=0, data_root=root, n_train=n_train, threads=1)
-    save_run(run, cache_dir)
+    save_run(run, cache_dir, overwrite=True)  # replaces a damaged cache entry
     return load_checkpoint(cache_dir)
 
 

@@ -1,4 +1,6 @@
-"""Tests for checkpoints: safetensors + JSON round trips, hashes, and refusal of damaged or hostile files."""
+"""Tests for checkpoints: safetensors + JSON round trips, hashes, and refusal of damaged, edited or hostile files.
+
+Crash safety, locking and output-path checks are tested in test_file_safety.py."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from advlab.models import (
+    CheckpointExistsError,
     Classifier,
     create_model,
     list_models,
@@ -22,6 +25,7 @@ from advlab.models import (
     model_hash,
     save_checkpoint,
 )
+from advlab.models.checkpoint import metadata_hash
 
 IN_SHAPE = (1, 8, 8)
 
@@ -46,10 +50,14 @@ def _x() -> torch.Tensor:
     return torch.rand(5, *IN_SHAPE, generator=torch.Generator().manual_seed(2))
 
 
-def _edit_json(directory: Path, edit: Any) -> None:
+def _edit_json(directory: Path, edit: Any, *, resign: bool = False) -> None:
+    """Applies ``edit`` to model.json; ``resign`` also recomputes its meta_hash (a deliberate forger, or a
+    hand-made file), so the checks behind the metadata hash are reached."""
     path = directory / "model.json"
     meta = json.loads(path.read_text())
     edit(meta)
+    if resign:
+        meta["meta_hash"] = metadata_hash(meta)
     path.write_text(json.dumps(meta))
 
 
@@ -87,7 +95,8 @@ def test_metadata_records_everything_needed(saved: tuple[Classifier, Path]) -> N
     model, path = saved
     assert sorted(p.name for p in path.iterdir()) == ["model.json", "model.safetensors"]
     meta = json.loads((path / "model.json").read_text())
-    assert meta["format"] == "advlab-checkpoint" and meta["format_version"] == 1
+    assert meta["format"] == "advlab-checkpoint" and meta["format_version"] == 2
+    assert meta["meta_hash"] == metadata_hash(meta)
     assert meta["model"] == {"name": "mlp", "config": model.model_config}
     assert meta["dataset"] == "digits" and meta["seed"] == 3 and meta["metrics"] == {"accuracy": 0.5}
     assert meta["bounds"] == [0.0, 1.0]
@@ -125,12 +134,16 @@ def test_hash_is_stable_across_saves_and_sensitive_to_one_value(tmp_path: Path) 
     assert model_hash(model) != before
 
 
-def test_save_overwrites_and_keeps_no_temporary_files(tmp_path: Path) -> None:
+def test_save_overwrites_only_when_asked_and_keeps_no_temporary_files(tmp_path: Path) -> None:
     model = _model("softmax")
     path = save_checkpoint(model, tmp_path / "c", metrics={"accuracy": 0.1})
+    first = model_hash(model)
     with torch.no_grad():
         model.net[1].bias.zero_()
-    save_checkpoint(model, path, metrics={"accuracy": 0.2})
+    with pytest.raises(CheckpointExistsError, match=r"already holds a checkpoint; pass overwrite=True"):
+        save_checkpoint(model, path, metrics={"accuracy": 0.2})
+    assert model_hash(load_checkpoint(path)) == first  # untouched
+    save_checkpoint(model, path, metrics={"accuracy": 0.2}, overwrite=True)
     assert sorted(p.name for p in path.iterdir()) == ["model.json", "model.safetensors"]
     assert load_checkpoint_metadata(path)["metrics"] == {"accuracy": 0.2}
     assert model_hash(load_checkpoint(path)) == model_hash(model)
@@ -217,29 +230,98 @@ def test_json_missing_fields(saved: tuple[Classifier, Path], edit: Any, message:
 
 def test_unknown_model_name_lists_valid_ones(saved: tuple[Classifier, Path]) -> None:
     _, path = saved
-    _edit_json(path, lambda m: m["model"].update(name="vgg-19"))
+    _edit_json(path, lambda m: m["model"].update(name="vgg-19"), resign=True)
     with pytest.raises(ValueError, match=r"'vgg-19', which is not registered.*cnn-small"):
         load_checkpoint(path)
 
 
 def test_config_with_different_shapes_is_rejected(saved: tuple[Classifier, Path]) -> None:
     _, path = saved
-    _edit_json(path, lambda m: m["model"]["config"].update(hidden=[32]))
+    _edit_json(path, lambda m: m["model"]["config"].update(hidden=[32]), resign=True)
     with pytest.raises(ValueError, match=r"shape mismatch for.*net.1.weight"):
         load_checkpoint(path)
 
 
 def test_config_of_another_architecture_is_rejected(saved: tuple[Classifier, Path]) -> None:
     _, path = saved
-    _edit_json(path, lambda m: m["model"].update(config={"in_shape": [1, 8, 8], "num_classes": 3, "hidden": [16, 16]}))
+    _edit_json(path, lambda m: m["model"].update(config={"in_shape": [1, 8, 8], "num_classes": 3, "hidden": [16, 16]}),
+               resign=True)
     with pytest.raises(ValueError, match=r"missing tensors \['net.5.bias', 'net.5.weight'\]"):
         load_checkpoint(path)
 
 
 def test_config_with_bad_hparams_is_rejected(saved: tuple[Classifier, Path]) -> None:
     _, path = saved
-    _edit_json(path, lambda m: m["model"]["config"].update(hidden=[0]))
+    _edit_json(path, lambda m: m["model"]["config"].update(hidden=[0]), resign=True)
     with pytest.raises(ValueError, match=r"cannot rebuild model 'mlp'.*hidden\[0\] must be an integer >= 1, got 0"):
+        load_checkpoint(path)
+
+
+# --- load errors: edited metadata ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m["model"]["config"].update(activation="tanh"),  # same weights, a different function
+        lambda m: m["model"]["config"].update(pool="avg"),
+        lambda m: m["model"].update(name="lenet5"),  # unchanged value: a no-op edit still loads
+        lambda m: m.update(bounds=[0.0, 255.0]),
+        lambda m: m.update(bounds=[0, 1.0]),  # the same bounds written differently: still an edit, refused
+        lambda m: m["normalization"].update(mean=[0.5]),
+        lambda m: m["normalization"].update(std=None),
+        lambda m: m["weights"].update(num_parameters=1),
+        lambda m: m.update(meta_hash="0" * 64),
+        lambda m: m.update(format_version=2, extra_field=1),  # not a model field: loads
+    ],
+)
+def test_an_edit_that_changes_the_model_is_refused(tmp_path: Path, edit: Any) -> None:
+    """lenet5's activation and pooling change the function without changing one tensor shape: only the
+    metadata hash tells the edited file from the saved one."""
+    model = _model("lenet5")
+    path = save_checkpoint(model, tmp_path / "lenet")
+    before = json.loads((path / "model.json").read_text())
+    _edit_json(path, edit)
+    after = json.loads((path / "model.json").read_text())
+    unchanged = metadata_hash(after) == metadata_hash(before) and after["meta_hash"] == before["meta_hash"]
+    if unchanged:
+        assert model_hash(load_checkpoint(path)) == model_hash(model)
+        return
+    with pytest.raises(ValueError, match=r"model\.json.*was edited or damaged.*re-save \(retrain\)") as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="was edited or damaged"):
+        load_checkpoint_metadata(path)
+
+
+def test_edits_of_the_informational_fields_still_load(saved: tuple[Classifier, Path]) -> None:
+    model, path = saved
+    _edit_json(path, lambda m: m.update(dataset="mnist", seed=9, metrics={"note": 1}, extra={"by": "hand"},
+                                        created="2020-01-01T00:00:00+00:00", versions={}))
+    assert model_hash(load_checkpoint(path)) == model_hash(model)
+    assert load_checkpoint_metadata(path)["extra"] == {"by": "hand"}
+
+
+def test_a_version_1_checkpoint_still_loads_with_a_warning(saved: tuple[Classifier, Path]) -> None:
+    """Checkpoints written before the metadata hash (format version 1) load, and say how to protect them."""
+    model, path = saved
+
+    def to_v1(meta: dict[str, Any]) -> None:
+        meta.pop("meta_hash")
+        meta["format_version"] = 1
+
+    _edit_json(path, to_v1)
+    with pytest.warns(UserWarning, match=r"format version 1.*not integrity-protected.*re-save"):
+        loaded = load_checkpoint(path)
+    assert model_hash(loaded) == model_hash(model)
+    save_checkpoint(loaded, path, overwrite=True)  # the upgrade the warning names
+    assert load_checkpoint_metadata(path)["format_version"] == 2
+
+
+def test_a_version_2_file_without_its_hash_is_refused(saved: tuple[Classifier, Path]) -> None:
+    _, path = saved
+    _edit_json(path, lambda m: m.pop("meta_hash"))
+    with pytest.raises(ValueError, match=r"lacks a valid 'meta_hash'"):
         load_checkpoint(path)
 
 
@@ -266,8 +348,12 @@ def test_swapped_tensor_with_updated_file_hash_fails_the_content_hash(saved: tup
     # without updating the JSON the file hash catches it ...
     with pytest.raises(ValueError, match="sha256"):
         load_checkpoint(path)
-    # ... and an attacker who also rewrites the file hash is caught by the content hash
+    # ... an edit of the file hash in the JSON is caught by the metadata hash ...
     _edit_json(path, lambda m: m["weights"].update(sha256=new_sha))
+    with pytest.raises(ValueError, match=r"was edited or damaged"):
+        load_checkpoint(path)
+    # ... and a forger who also rewrites the metadata hash is caught by the content hash
+    _edit_json(path, lambda m: m["weights"].update(sha256=new_sha), resign=True)
     with pytest.raises(ValueError, match=r"content hash.*modified"):
         load_checkpoint(path)
 
@@ -300,7 +386,7 @@ def test_pickle_disguised_as_safetensors_is_never_unpickled(
     else:
         torch.save(payload, weights)
     # even with a matching file hash in the JSON it is refused, and never unpickled
-    _edit_json(path, lambda m: m["weights"].update(sha256=_sha256(weights)))
+    _edit_json(path, lambda m: m["weights"].update(sha256=_sha256(weights)), resign=True)
     kind = "a Python pickle" if writer == "pickle" else "a zip archive as written by torch.save"
     with pytest.raises(ValueError, match=f"is not a safetensors file \\({kind}.*never unpickled"):
         load_checkpoint(path)
@@ -312,7 +398,7 @@ def test_truncated_or_garbage_weights_are_refused(saved: tuple[Classifier, Path]
     weights = path / "model.safetensors"
     for content in (b"", b"\x00" * 4, b"\xff" * 64, weights.read_bytes()[:40]):
         weights.write_bytes(content)
-        _edit_json(path, lambda m: m["weights"].update(sha256=_sha256(weights)))
+        _edit_json(path, lambda m: m["weights"].update(sha256=_sha256(weights)), resign=True)
         with pytest.raises(ValueError, match="safetensors"):
             load_checkpoint(path)
 

@@ -12,7 +12,15 @@ Example:
 from __future__ import annotations
 
 from advlab.models import zoo as zoo  # registers the built-in models
-from advlab.models.checkpoint import load_checkpoint, load_checkpoint_metadata, model_hash, save_checkpoint
+from advlab.models.checkpoint import (
+    CheckpointExistsError,
+    OutputBusyError,
+    load_checkpoint,
+    load_checkpoint_metadata,
+    model_hash,
+    reserve_checkpoint,
+    save_checkpoint,
+)
 from advlab.models.classifier import Classifier, unchecked_inputs
 from advlab.models.factory import MODELS, create_model, list_models, register_model, reset_parameters
 from advlab.models.layers import BasicBlock, Maxout, RBFLayer, init_from_data, init_rbf_centers
@@ -20,8 +28,10 @@ from advlab.models.layers import BasicBlock, Maxout, RBFLayer, init_from_data, i
 __all__ = [
     "MODELS",
     "BasicBlock",
+    "CheckpointExistsError",
     "Classifier",
     "Maxout",
+    "OutputBusyError",
     "RBFLayer",
     "create_model",
     "init_from_data",
@@ -31,6 +41,7 @@ __all__ = [
     "load_checkpoint_metadata",
     "model_hash",
     "register_model",
+    "reserve_checkpoint",
     "reset_parameters",
     "save_checkpoint",
     "unchecked_inputs",

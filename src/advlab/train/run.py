@@ -162,11 +162,14 @@ def train_model(
     return TrainRun(model=net, history=history, summary=summary)
 
 
-def save_run(run: TrainRun, out: str | os.PathLike[str]) -> Path:
+def save_run(run: TrainRun, out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Saves the model of ``run`` as a checkpoint in ``out`` (see :func:`advlab.save_checkpoint`).
 
     The checkpoint's metadata records the run's metrics (accuracies, loss, epochs, seconds, sizes) and
-    seed, its dataset, and under ``extra`` the recipe, the device and the per-epoch history.
+    seed, its dataset, and under ``extra`` the recipe, the device and the per-epoch history. A checkpoint
+    already in ``out`` is replaced only with ``overwrite=True`` (else
+    :class:`~advlab.models.CheckpointExistsError`), atomically. To have ``out`` checked and locked before
+    the training starts, train inside :func:`advlab.models.reserve_checkpoint` (as ``advlab train`` does).
 
     Example:
         >>> import tempfile
@@ -177,7 +180,8 @@ def save_run(run: TrainRun, out: str | os.PathLike[str]) -> Path:
     s = run.summary
     metrics = {k: s[k] for k in _METRICS}
     extra = {"recipe": s["recipe"], "device": s["device"], "history": run.history.to_dict()}
-    return save_checkpoint(run.model, out, dataset=s["data"], metrics=metrics, seed=s["seed"], extra=extra)
+    return save_checkpoint(run.model, out, dataset=s["data"], metrics=metrics, seed=s["seed"], extra=extra,
+                           overwrite=overwrite)
 
 
 def _load(
