@@ -3,6 +3,8 @@
 Writes a JSON record (config, clean and robust accuracy, success rates, perturbation sizes, cost) and,
 with ``--grid``, a PNG of clean, perturbation and adversarial images at the largest budget. Every
 hyper-parameter of every registered attack is a typed option, built from the attacks' config dataclasses.
+Both outputs are checked before the checkpoint is read (an existing file is replaced only with
+``--overwrite``; neither may lie in the checkpoint or be the other) and written atomically.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from typing import Any
 import click
 
 from advlab.attacks import ATTACKS, attack_spec, list_attacks
+from advlab.cli._errors import user_errors
 from advlab.cli._options import config_options, flag, given_options, union_fields
+from advlab.cli._outputs import check_output, write_output, write_text_output
 from advlab.cli.common import common_options, resolve_device
 from advlab.threat import NORMS
 
@@ -136,14 +140,15 @@ def attack_params(attack: str, given: dict[str, Any]) -> dict[str, Any]:
               help="Where to write the JSON results.")
 @click.option("--grid", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also save a PNG grid of clean/perturbation/adversarial images at the largest budget.")
+@click.option("--overwrite", is_flag=True, help="Replace --json and --grid files that already exist.")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--data", "data_name", default=None, help="Dataset (default: the one recorded in the checkpoint).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @common_options
 def attack_command(
     checkpoint: Path, attack_name: str, eps_values: tuple[str, ...], norm: str | None, targeted: str | None,
-    n: int, batch_size: int, json_out: Path, grid: Path | None, split: str, data_name: str | None, no_progress: bool,
-    device: str, seed: int, data_root: Path | None, **hyper: Any,
+    n: int, batch_size: int, json_out: Path, grid: Path | None, overwrite: bool, split: str, data_name: str | None,
+    no_progress: bool, device: str, seed: int, data_root: Path | None, **hyper: Any,
 ) -> None:
     """Attack a checkpoint on the first N examples of a dataset split, for one or more budgets.
 
@@ -167,18 +172,25 @@ def attack_command(
     if targeted is not None and not spec.targeted:
         raise click.UsageError(f"attack {attack_name!r} has no targeted mode; drop --targeted")
     dev = resolve_device(device)
-    try:
+    # Outputs are checked before the checkpoint and the data are read: a bad path fails now, not after the attack.
+    check_output(json_out, option="--json", inputs={"--checkpoint": checkpoint}, others={"--grid": grid},
+                 overwrite=overwrite)
+    if grid is not None:
+        check_output(grid, option="--grid", inputs={"--checkpoint": checkpoint}, others={"--json": json_out},
+                     overwrite=overwrite)
+    with user_errors(f"{attack_name}: "):
         record = attack_checkpoint(checkpoint, attack_name, eps=list(budgets), data=data_name, split=split, n=n,
                                    data_root=data_root, device=dev, seed=seed, targets=targeted,
                                    batch_size=batch_size, show_progress=not no_progress, **params)
-    except (FileNotFoundError, ValueError, TypeError) as err:
-        raise click.ClickException(f"{attack_name}: {' '.join(str(err).split())}") from None
     payload = record.to_dict()
-    json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
-    if grid is not None:
-        names = dataset_info(record.config["dataset"]).class_names
-        save_record_grid(record, load_checkpoint(checkpoint, device=dev), grid, class_names=names)
+    text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
+    with user_errors():
+        json_out = write_text_output(json_out, text, overwrite=overwrite)
+        if grid is not None:
+            names = dataset_info(record.config["dataset"]).class_names
+            model = load_checkpoint(checkpoint, device=dev)
+            grid = write_output(grid, lambda tmp: save_record_grid(record, model, tmp, class_names=names),
+                                overwrite=overwrite)
     _print_table(payload, json_out, grid)
 
 

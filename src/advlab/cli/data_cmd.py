@@ -9,6 +9,9 @@ from typing import Any
 
 import click
 
+from advlab.cli._errors import user_errors
+from advlab.cli._outputs import check_writable_folder
+from advlab.cli.common import FiniteFloat
 from advlab.data import (
     ChecksumError,
     DatasetNotFoundError,
@@ -20,6 +23,7 @@ from advlab.data import (
     resolve_data_root,
 )
 from advlab.data.datasets import CIFAR10_SUBSET
+from advlab.data.fetch import SOURCES
 
 _DATA_ROOT_HELP = "Folder holding mnist/, fashion-mnist/, cifar10/ (default: $ADVLAB_DATA or the user cache)."
 
@@ -38,7 +42,8 @@ def data_group() -> None:
 @data_group.command("fetch")
 @click.argument("name", type=click.Choice(list_datasets()))
 @_data_root_option
-@click.option("--timeout", type=float, default=5.0, show_default=True, help="Seconds to wait for the network.")
+@click.option("--timeout", type=FiniteFloat(min=0, min_open=True), default=5.0, show_default=True,
+              help="Seconds to wait for the network (a finite number > 0).")
 @click.option(
     "--mirror",
     "mirrors",
@@ -52,10 +57,14 @@ def fetch_command(name: str, data_root: Path | None, timeout: float, mirrors: tu
     files to place by hand and where.
     """
     root = resolve_data_root(data_root)
-    try:
-        folder = fetch_dataset(name, root, timeout=timeout, mirrors=mirrors or None, log=click.echo)
-    except (DownloadError, ChecksumError, ValueError) as err:
-        raise click.ClickException(str(err)) from err
+    if _status(name, root) not in ("bundled", "present"):  # files to write: check the folder before downloading
+        folder = root / (SOURCES[name].folder if name in SOURCES else name)
+        check_writable_folder(folder, what=f"{name}'s files", option="--data-root")
+    with user_errors(f"{name}: "):
+        try:
+            folder = fetch_dataset(name, root, timeout=timeout, mirrors=mirrors or None, log=click.echo)
+        except (DownloadError, ChecksumError) as err:  # the message lists the files to place by hand: kept whole
+            raise click.ClickException(str(err)) from err
     click.echo(f"{name}: ready in {folder}")
 
 

@@ -2,11 +2,15 @@
 
 Both only parse arguments, call :func:`advlab.train.train_model` (and :func:`advlab.train.save_run`) and
 print; the options of the hyper-parameters are built from the fields of :class:`advlab.train.Recipe`.
+``--out`` is checked and locked (:func:`advlab.models.reserve_checkpoint`) before the data is loaded, so a
+conflicting or unwritable path, or one another process is writing, fails at once; an existing checkpoint is
+replaced only with ``--overwrite``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +18,9 @@ from typing import Any
 import click
 
 from advlab.cli._options import config_options, given_options
-from advlab.cli.common import common_options, echo_json, resolve_device
+from advlab.cli._outputs import echo_json
+from advlab.cli.common import common_options, resolve_device
+from advlab.models import CheckpointExistsError, reserve_checkpoint
 from advlab.train import (
     OPTIMIZERS,
     SCHEDULES,
@@ -60,6 +66,36 @@ def _run(model: str, data: str, recipe: Recipe, device: str, seed: int, data_roo
         raise click.ClickException(_one_line(err)) from err
 
 
+@contextmanager
+def _reserved(out: Path, overwrite: bool) -> Iterator[Path]:
+    """:func:`reserve_checkpoint` of ``--out`` (checked and locked until the block ends), with its refusals as
+    one-line ``click`` exceptions."""
+    stack = ExitStack()
+    try:
+        path = stack.enter_context(reserve_checkpoint(out, overwrite=overwrite))
+    except CheckpointExistsError as err:
+        raise click.ClickException(
+            f"--out {str(err.directory)!r} already holds a checkpoint; pass --overwrite to replace it, or choose "
+            f"another --out"
+        ) from err
+    except OSError as err:  # a file in the way, not writable, or locked by another process
+        raise click.ClickException(_one_line(err).replace("choose another output", "choose another --out")) from err
+    with stack:
+        yield path
+
+
+def _save(run: TrainRun, out: Path, overwrite: bool) -> Path:
+    """:func:`save_run`, with the user's errors as one-line ``click`` exceptions."""
+    try:
+        return save_run(run, out, overwrite=overwrite)
+    except (ValueError, OSError) as err:
+        raise click.ClickException(_one_line(err)) from err
+
+
+_overwrite_option = click.option("--overwrite", is_flag=True,
+                                 help="Replace a checkpoint already in --out (else the command refuses at once).")
+
+
 @click.command("train")
 @click.option("--model", "model_name", default="cnn-small", show_default=True,
               help="Model name (see `advlab list models`).")
@@ -69,6 +105,7 @@ def _run(model: str, data: str, recipe: Recipe, device: str, seed: int, data_roo
               help="Train on a random subset of this many examples (quick runs).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Checkpoint directory [default: runs/MODEL-DATA].")
+@_overwrite_option
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars (stderr).")
 @common_options
 def train_command(
@@ -76,6 +113,7 @@ def train_command(
     data: str,
     n_train: int | None,
     out: Path | None,
+    overwrite: bool,
     no_progress: bool,
     device: str,
     seed: int,
@@ -93,30 +131,35 @@ def train_command(
       advlab train --model cnn-small --data mnist --epochs 2 --out runs/mnist-cnn
     """
     recipe = recipe_from_options(model_name, data, recipe_values)
-    run = _run(model_name, data, recipe, device, seed, data_root, n_train,
-               [] if no_progress else [ProgressBar()])
-    path = save_run(run, out if out is not None else Path("runs") / f"{model_name}-{data}")
+    with _reserved(out if out is not None else Path("runs") / f"{model_name}-{data}", overwrite) as target:
+        run = _run(model_name, data, recipe, device, seed, data_root, n_train,
+                   [] if no_progress else [ProgressBar()])
+        path = _save(run, target, overwrite)
     echo_json({**run.summary, "checkpoint": str(path)})
 
 
 @click.command("demo")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also save the trained model here.")
+@_overwrite_option
 @click.option("--no-progress", is_flag=True, help="Hide the progress bars (stderr).")
 @common_options
-def demo_command(out: Path | None, no_progress: bool, device: str, seed: int, data_root: Path | None) -> None:
+def demo_command(out: Path | None, overwrite: bool, no_progress: bool, device: str, seed: int,
+                 data_root: Path | None) -> None:
     """Train a small CNN on the bundled 8x8 digits (no download, seconds) and report its accuracy."""
     recipe = get_recipe(DEMO_MODEL, DEMO_DATA)
-    run = _run(DEMO_MODEL, DEMO_DATA, recipe, device, seed, data_root, None,
-               [] if no_progress else [ProgressBar(per_epoch=False)])
+    with _reserved(out, overwrite) if out is not None else nullcontext(None) as target:
+        run = _run(DEMO_MODEL, DEMO_DATA, recipe, device, seed, data_root, None,
+                   [] if no_progress else [ProgressBar(per_epoch=False)])
+        path = None if target is None else _save(run, target, overwrite)
     s = run.summary
     click.echo(
         f"{DEMO_MODEL} on {DEMO_DATA}: test accuracy {100 * s['test_accuracy']:.1f}% on {s['n_test']} held-out "
         f"images after {s['epochs']} epochs on {s['n_train']} ({s['seconds']:.1f} s on {s['device']})"
     )
     payload = dict(s)
-    if out is not None:
-        payload["checkpoint"] = str(save_run(run, out))
+    if path is not None:
+        payload["checkpoint"] = str(path)
     echo_json(payload)
 
 
