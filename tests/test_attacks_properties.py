@@ -1,9 +1,9 @@
 """Invariants every registered attack must satisfy, checked with hypothesis on a tiny fixed-weight model.
 
 The tests iterate over the attack registry, so an attack registered later is covered by default: results
-lie inside the ε-ball and the bounds, ε = 0 is the identity, a seed reproduces the result bit for bit, the
-model (mode, parameter gradients, BatchNorm statistics) is left as it was, ``success`` matches a fresh
-re-check and the cost counters are sane.
+lie inside the ε-ball and the bounds, ε = 0 is the identity, a seed reproduces the result bit for bit and
+whatever the batch size, the model (mode, parameter gradients, BatchNorm statistics) is left as it was,
+``success`` matches a fresh re-check, float64 stays float64 and the cost counters are sane.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from advlab.attacks import AttackResult, attack_spec, get_attack, list_attacks
+from advlab.attacks import AlreadyAtTargetWarning, AttackContext, AttackResult, attack_spec, get_attack, list_attacks
 from advlab.models.classifier import Classifier
-from advlab.threat import is_adversarial, lp_norm, random_targets
+from advlab.threat import LpBall, is_adversarial, lp_norm, random_targets
 
 NUM_CLASSES = 4
 SHAPE = (1, 6, 6)
@@ -84,7 +84,11 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    # random targets hit an example's clean prediction now and then; the tests below that care check for it
+    pytest.mark.filterwarnings("ignore::advlab.attacks.AlreadyAtTargetWarning"),
+]
 
 
 @pytest.fixture(params=list_attacks())
@@ -162,6 +166,9 @@ def test_invariants(attack_name: str, data: st.DataObject) -> None:
         assert torch.equal(result.success[i], fresh)
     clean_pred = eval_logits(model, x).argmax(dim=1)
     assert torch.equal(result.clean_correct, clean_pred == labels)
+    already = (clean_pred == result.labels) & result.targeted
+    assert torch.equal(result.already_at_target, already)
+    torch.testing.assert_close(result.success_rate, (result.success & ~already).float().mean(dim=1))
     # at least the clean pass and one re-check per budget; white-box: every forward pass is a query
     assert result.n_forward >= n * (1 + b) and result.n_queries == result.n_forward
     assert result.seconds > 0
@@ -194,28 +201,178 @@ def test_works_on_a_plain_module(attack_name: str) -> None:
     assert torch.equal(result.success[0], fresh)
 
 
-def test_batch_size_gives_the_same_result(attack_name: str) -> None:
-    """Chunking is invisible for deterministic attacks (random ones draw per chunk, so only the ball holds)."""
+BATCH_SIZES = (None, 7, 3)
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_batch_size_gives_the_same_result(attack_name: str, targeted: bool) -> None:
+    """Rule 12: the same seed gives the same result whatever the batch size, random attacks included
+    (randomness is drawn per example), with several budgets and, where an attack has them, restarts."""
+    spec = attack_spec(attack_name)
+    if targeted and not spec.targeted:
+        pytest.skip("untargeted only")
     model = tiny_model()
-    x, y = random_inputs(6, (0.0, 1.0), 11)
-    norm = attack_spec(attack_name).norms[0]
+    x, y = random_inputs(10, (0.0, 1.0), 11)
     kw = fast_kwargs(attack_name)
-    whole = get_attack(attack_name)(model, x, y, eps=0.2, norm=norm, generator=torch.Generator().manual_seed(0), **kw)
-    chunked = get_attack(attack_name)(model, x, y, eps=0.2, norm=norm, generator=torch.Generator().manual_seed(0),
-                                      batch_size=4, **kw)
-    assert bool((chunked.distances <= 0.2 * (1 + 1e-5) + 1e-6).all())
-    assert torch.equal(chunked.clean_correct, whole.clean_correct)
-    if not _uses_randomness(attack_name):
-        torch.testing.assert_close(chunked.x_adv, whole.x_adv, rtol=1e-5, atol=1e-5)
-        assert torch.equal(chunked.success, whole.success)
+    if accepts(attack_name, "restarts"):
+        kw["restarts"] = 3
+    if targeted:
+        kw.update(targeted=True, true_labels=y)
+        y = random_targets(y, NUM_CLASSES, torch.Generator().manual_seed(3))
+    for norm in spec.norms:
+        eps = [4.0, 12.0] if norm == "l0" else [0.1, 0.3]
+        runs = [get_attack(attack_name)(model, x, y, eps=eps, norm=norm, generator=torch.Generator().manual_seed(0),
+                                        batch_size=b, **kw) for b in BATCH_SIZES]
+        whole = runs[0]
+        for b, chunked in zip(BATCH_SIZES[1:], runs[1:], strict=True):
+            # float round-off of batched reductions aside (about 1e-7), the very same points
+            torch.testing.assert_close(chunked.x_adv, whole.x_adv, rtol=1e-5, atol=1e-6,
+                                       msg=lambda m, b=b, norm=norm: f"batch_size={b}, {norm}: {m}")
+            assert torch.equal(chunked.success, whole.success), f"batch_size={b}, {norm}"
+            assert torch.equal(chunked.clean_correct, whole.clean_correct)
 
 
-def _uses_randomness(name: str) -> bool:
-    """Whether the attack's result depends on the generator (random starts or noise)."""
+def test_restarts_do_not_depend_on_how_they_are_grouped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PGD batches restarts up to REPLICA_LIMIT rows: restart r of example i is the same either way."""
+    import advlab.attacks._pgd as pgd_module
+
     model = tiny_model()
-    x, y = random_inputs(3, (0.0, 1.0), 5)
-    norm = attack_spec(name).norms[0]
-    kw = fast_kwargs(name)
-    a = get_attack(name)(model, x, y, eps=0.3, norm=norm, generator=torch.Generator().manual_seed(1), **kw)
-    b = get_attack(name)(model, x, y, eps=0.3, norm=norm, generator=torch.Generator().manual_seed(2), **kw)
-    return not torch.equal(a.x_adv, b.x_adv)
+    x, y = random_inputs(6, (0.0, 1.0), 4)
+    kw = {"eps": [0.05, 0.2], "steps": 5, "restarts": 4}
+    together = get_attack("pgd")(model, x, y, generator=torch.Generator().manual_seed(1), **kw)
+    monkeypatch.setitem(pgd_module.REPLICA_LIMIT, "cpu", 6)  # one restart at a time
+    apart = get_attack("pgd")(model, x, y, generator=torch.Generator().manual_seed(1), **kw)
+    torch.testing.assert_close(apart.x_adv, together.x_adv, rtol=1e-5, atol=1e-6)
+    assert torch.equal(apart.success, together.success)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2", "l1"])
+def test_an_unchunked_pgd_draws_exactly_one_random_start_from_the_generator(norm: str) -> None:
+    """Seeded results of earlier versions stand: without chunks, PGD's random start is
+    ``LpBall.random_init(x, generator, radial=True)``, and it consumes the generator just as that does."""
+    model = tiny_model()
+    x, y = random_inputs(5, (0.0, 1.0), 2)
+    g = torch.Generator().manual_seed(9)
+    get_attack("pgd")(model, x, y, eps=0.2, norm=norm, steps=1, generator=g)
+    reference = torch.Generator().manual_seed(9)
+    LpBall(norm, 0.2).random_init(x, reference, radial=True)
+    assert torch.equal(g.get_state(), reference.get_state())
+    chunked = torch.Generator().manual_seed(9)
+    get_attack("pgd")(model, x, y, eps=0.2, norm=norm, steps=1, generator=chunked, batch_size=2)
+    assert torch.equal(chunked.get_state(), reference.get_state())
+
+
+def test_without_a_generator_the_global_seed_reproduces_whatever_the_batch_size() -> None:
+    model = tiny_model()
+    x, y = random_inputs(6, (0.0, 1.0), 8)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(123)
+        a = get_attack("pgd")(model, x, y, eps=0.2, steps=3)
+        torch.manual_seed(123)
+        b = get_attack("pgd")(model, x, y, eps=0.2, steps=3, batch_size=4)
+    torch.testing.assert_close(a.x_adv, b.x_adv, rtol=1e-5, atol=1e-6)
+
+
+def test_a_kernel_drawing_per_chunk_data_is_stopped() -> None:
+    """The engine refuses random draws that differ between chunks (they would tie results to the batch size)."""
+    ctx = AttackContext(tiny_model(), (0.0, 1.0), torch.Generator().manual_seed(0), False)
+    x = torch.rand(4, *SHAPE)
+    ctx.begin_call(x)
+    ball = LpBall("linf", 0.1)
+    ctx.begin_chunk(x[:2], lambda _logits: None, None, slice(0, 2))
+    first = ctx.random_init(ball).rows()
+    ctx.begin_chunk(x[2:], lambda _logits: None, None, slice(2, 4))
+    second = ctx.random_init(ball).rows()
+    torch.testing.assert_close(torch.cat([first, second]), ball.random_init(x, torch.Generator().manual_seed(0)))
+    with pytest.raises(RuntimeError, match="first chunk did not make"):
+        ctx.random_init(ball)
+
+
+def test_random_draws_are_drawn_again_when_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Draws beyond the cache are replayed from their recorded generator state: the same numbers."""
+    import advlab.attacks._random as random_module
+
+    model = tiny_model()
+    x, y = random_inputs(9, (0.0, 1.0), 6)
+    kw = {"eps": [0.1, 0.3], "steps": 3, "restarts": 2, "generator": torch.Generator().manual_seed(2)}
+    kept = get_attack("pgd")(model, x, y, batch_size=4, **kw)
+    monkeypatch.setattr(random_module, "_CACHE_FLOOR", 0)
+    monkeypatch.setattr(random_module, "_CACHE_FACTOR", 0)
+    kw["generator"] = torch.Generator().manual_seed(2)
+    replayed = get_attack("pgd")(model, x, y, batch_size=4, **kw)
+    assert torch.equal(kept.x_adv, replayed.x_adv)
+
+
+# ---------------------------------------------------------------- float64
+
+
+def test_float64_models_and_inputs(attack_name: str) -> None:
+    """A float64 model attacked with float64 inputs stays float64 throughout (no silent cast)."""
+    model = tiny_model().double()
+    x, labels = random_inputs(5, (0.0, 1.0), 12)
+    x = x.double()
+    spec = attack_spec(attack_name)
+    for norm in spec.norms:
+        eps = [6.0] if norm == "l0" else [0.05, 0.3]
+        kwargs: dict[str, Any] = dict(fast_kwargs(attack_name), eps=eps, norm=norm)
+        y = labels
+        if spec.targeted:
+            y = random_targets(labels, NUM_CLASSES, torch.Generator().manual_seed(1))
+            kwargs.update(targeted=True, true_labels=labels)
+        result = get_attack(attack_name)(model, x, y, generator=torch.Generator().manual_seed(0), **kwargs)
+        assert result.x_adv.dtype == torch.float64 and result.distances.dtype == torch.float64
+        for i, e in enumerate(eps):
+            assert bool((lp_norm(result.x_adv[i] - x, norm) <= e * (1 + 1e-9) + 1e-12).all())
+            fresh = is_adversarial(eval_logits(model, result.x_adv[i]), result.labels, result.targeted)
+            assert torch.equal(result.success[i], fresh)
+
+
+# ---------------------------------------------------------------- examples already at their target
+
+
+def test_examples_already_at_their_target_are_not_attack_successes(attack_name: str) -> None:
+    spec = attack_spec(attack_name)
+    if not spec.targeted:
+        pytest.skip("untargeted only")
+    model = tiny_model()
+    x, _ = random_inputs(6, (0.0, 1.0), 13)
+    clean_pred = eval_logits(model, x).argmax(1)
+    # the first three examples' targets are what the model already predicts; the others' are not
+    other = (clean_pred + 1) % NUM_CLASSES
+    targets = torch.where(torch.arange(6) < 3, clean_pred, other)
+    norm = spec.norms[0]
+    eps = [0.0, 8.0] if norm == "l0" else [0.0, 0.3]
+    with pytest.warns(AlreadyAtTargetWarning, match=rf"{attack_name}: 3 of 6 examples are already classified"):
+        result = get_attack(attack_name)(model, x, targets, eps=eps, norm=norm, targeted=True,
+                                         generator=torch.Generator().manual_seed(0), **fast_kwargs(attack_name))
+    assert torch.equal(result.already_at_target, torch.arange(6) < 3)
+    assert result.n_already_at_target == 3
+    # ``success`` says where x_adv is at the target; the rate counts what the attack achieved
+    assert torch.equal(result.success[0], torch.arange(6) < 3)  # eps = 0: only those already there
+    assert float(result.success_rate[0]) == 0.0
+    expected = (result.success[1] & (torch.arange(6) >= 3)).float().mean()
+    assert float(result.success_rate[1]) == pytest.approx(float(expected))
+    assert result.summary()[0]["success_rate"] == 0.0
+
+
+def test_untargeted_runs_have_nothing_already_at_a_target() -> None:
+    model = tiny_model()
+    x, y = random_inputs(6, (0.0, 1.0), 13)
+    result = get_attack("fgsm")(model, x, y, eps=[0.0, 0.3])
+    assert not bool(result.already_at_target.any()) and result.n_already_at_target == 0
+    torch.testing.assert_close(result.success_rate, result.success.float().mean(dim=1))
+
+
+def test_evaluate_attack_counts_and_warns_examples_already_at_their_target() -> None:
+    from advlab.evaluate import evaluate_attack
+
+    model = tiny_model()
+    x, y = random_inputs(8, (0.0, 1.0), 14)
+    clean_pred = eval_logits(model, x).argmax(1)
+    targets = torch.where(clean_pred != y, clean_pred, (y + 1) % NUM_CLASSES)  # misclassified: their prediction
+    n_already = int((clean_pred != y).sum())
+    assert n_already > 0
+    with pytest.warns(AlreadyAtTargetWarning):
+        record = evaluate_attack(model, x, y, "bim", eps=[0.0, 0.3], targets=targets, steps=3)
+    assert record.n_already_at_target == n_already and record.to_dict()["n_already_at_target"] == n_already
+    assert record.results[0]["success_rate"] == 0.0  # eps = 0 achieves nothing

@@ -199,3 +199,30 @@ def test_pgd_restarts_keep_a_perturbed_point_for_the_unbroken(
     r = pgd(digits_cnn, x, y, eps=0.1, steps=3, restarts=4, generator=torch.Generator().manual_seed(0))
     failed = ~r.success[0]
     assert bool(failed.any()) and bool((r.distances[0][failed] > 0.05).all())
+
+
+@pytest.mark.parametrize("name", [n for n in list_attacks() if "loss" in attack_spec(n).defaults()])
+def test_the_loss_option_takes_effect(name: str, digits_cnn: nn.Module,
+                                      digits_points: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Each attack with a ``loss`` ascends the loss it is given: CE and the margin loss lead elsewhere."""
+    spec = attack_spec(name)
+    x, y = (t[:16] for t in digits_points)
+    eps = EPS[spec.default_norm] / 2
+    runs = [spec.fn(digits_cnn, x, y, eps=eps, loss=loss, generator=torch.Generator().manual_seed(0))
+            for loss in ("ce", "margin")]
+    assert not torch.equal(runs[0].x_adv, runs[1].x_adv)
+
+
+@pytest.mark.parametrize("name", [n for n in list_attacks()
+                                  if attack_spec(n).targeted and attack_spec(n).defaults().get("loss") == "ce"])
+def test_targeted_dlr_uses_the_true_classes(name: str, digits_cnn: nn.Module,
+                                            digits_points: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """Targeted DLR reads the true class from ``true_labels`` (Croce & Hein's form); without them the best
+    non-target class stands in, which leads elsewhere."""
+    spec = attack_spec(name)
+    x, y = (t[:16] for t in digits_points)
+    targets = random_targets(y, 10, torch.Generator().manual_seed(1))
+    eps = EPS[spec.default_norm] / 2
+    runs = [spec.fn(digits_cnn, x, targets, eps=eps, targeted=True, loss="dlr", true_labels=truth,
+                    generator=torch.Generator().manual_seed(0)) for truth in (y, None)]
+    assert not torch.equal(runs[0].x_adv, runs[1].x_adv)

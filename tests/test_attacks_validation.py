@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from advlab.attacks import attack_spec, bim, get_attack, illc, list_attacks, mifgsm, pgd, rfgsm
+import advlab
+from advlab.attacks import (
+    RobustnessWarning,
+    attack_spec,
+    bim,
+    fgsm,
+    get_attack,
+    illc,
+    list_attacks,
+    mifgsm,
+    pgd,
+    rfgsm,
+)
+from advlab.attacks._validation import check_logits, logits_doubts
 from advlab.models.classifier import Classifier
 from advlab.threat import NORMS
 
@@ -187,6 +202,179 @@ def test_model_returning_probabilities(name: str) -> None:
     x, y = inputs()
     with pytest.raises(ValueError, match=r"probabilities.*logits"):
         call(name, tiny_model(softmax=True), x, y)
+
+
+class Outputs(nn.Module):
+    """The tiny model's logits passed through ``transform`` (probabilities in disguise and the like)."""
+
+    def __init__(self, transform: Any) -> None:
+        super().__init__()
+        self.inner = tiny_model()
+        self.transform = transform
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.transform(self.inner(x))
+        return out
+
+
+def robustness_warnings(record: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, RobustnessWarning)]
+
+
+@pytest.mark.parametrize("scale", [100.0, 0.5, 7.0])
+def test_scaled_probabilities_are_refused(name: str, scale: float) -> None:
+    x, y = inputs(4)
+    model = Outputs(lambda z: scale * torch.softmax(z, dim=1))
+    with pytest.raises(ValueError, match=r"scaled probabilities .*all sum to .*attacks need logits"):
+        call(name, model, x, y)
+
+
+def test_scaled_probabilities_are_refused_even_one_example_per_chunk() -> None:
+    """Each chunk of one example cannot show a common row sum; the whole call can."""
+    x, y = inputs(4)
+    with pytest.raises(ValueError, match="scaled probabilities"):
+        fgsm(Outputs(lambda z: 100 * torch.softmax(z, dim=1)), x, y, eps=0.1, batch_size=1)
+
+
+def test_one_example_of_scaled_probabilities_is_doubted_not_refused() -> None:
+    x, y = inputs(1)
+    with pytest.warns(RobustnessWarning, match="non-negative with one row sum"):
+        fgsm(Outputs(lambda z: 100 * torch.softmax(z, dim=1)), x, y, eps=0.1)
+
+
+def test_log_probabilities_are_logits(name: str) -> None:
+    """log-softmax outputs are logits up to a per-row constant: accepted without a doubt."""
+    x, y = inputs(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RobustnessWarning)
+        result = call(name, Outputs(lambda z: torch.log_softmax(z, dim=1)), x, y)
+    plain = call(name, tiny_model(), x, y)
+    assert torch.equal(result.clean_pred, plain.clean_pred)
+
+
+def test_sigmoid_outputs_warn_once_per_call(name: str) -> None:
+    x, y = inputs(6)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        call(name, Outputs(torch.sigmoid), x, y, batch_size=2)
+    doubts = [m for m in robustness_warnings(record) if "[0, 1]" in m]
+    assert len(doubts) == 1, doubts
+    assert "overstate robustness" in doubts[0] and doubts[0].startswith(f"{name}: ")
+
+
+def test_the_warning_is_a_user_warning_that_can_be_made_an_error() -> None:
+    assert issubclass(RobustnessWarning, UserWarning) and advlab.attacks.RobustnessWarning is RobustnessWarning
+    x, y = inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RobustnessWarning)
+        with pytest.raises(RobustnessWarning):
+            fgsm(Outputs(torch.sigmoid), x, y, eps=0.1)
+
+
+def test_check_logits_and_doubts_directly() -> None:
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(5, 10, generator=gen) * 3
+    check_logits(z, 5)
+    assert logits_doubts(z) == []
+    check_logits(torch.log_softmax(z, dim=1), 5)
+    assert logits_doubts(torch.log_softmax(z, dim=1)) == []
+    for probs in (torch.softmax(z, 1), 100 * torch.softmax(z, 1), torch.softmax(z, 1).double() * 3):
+        with pytest.raises(ValueError, match="probabilities"):
+            check_logits(probs, 5)
+    # non-negative rows of different sums (e.g. a final ReLU): not refused
+    relu = torch.relu(z) + 0.01
+    check_logits(relu, 5)
+    # identical rows of one sum cannot tell: a doubt, not a refusal
+    same = (100 * torch.softmax(z[:1], 1)).expand(3, -1)
+    check_logits(same, 3)
+    assert any("non-negative" in d for d in logits_doubts(same))
+    assert any("[0, 1]" in d for d in logits_doubts(torch.sigmoid(z)))
+
+
+class Saturated(nn.Module):
+    """Logits through a hard saturation: exactly zero input gradient wherever every logit saturates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = tiny_model()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 3 * torch.nn.functional.hardtanh(1e4 * self.inner(x))
+
+
+@pytest.mark.parametrize("attack", [fgsm, pgd, bim])
+def test_vanishing_gradients_warn(attack: Any) -> None:
+    model = Saturated()
+    x, _ = inputs(6)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # correctly classified, so the attack must move every example
+    with pytest.warns(RobustnessWarning, match=r"gradient is exactly zero at \d+ of \d+ inputs"):
+        attack(model, x, y, eps=0.05, generator=torch.Generator().manual_seed(0))
+
+
+def test_no_gradient_warning_for_a_healthy_model(name: str) -> None:
+    x, y = inputs(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RobustnessWarning)
+        call(name, tiny_model(), x, y)
+
+
+# ---------------------------------------------------------------- eps given as NumPy numbers
+
+
+@pytest.mark.parametrize("eps", [np.float32(0.1), np.float64(0.1), [np.float32(0.1)], np.array([0.1])])
+def test_numpy_eps_is_accepted(name: str, eps: Any) -> None:
+    x, y = inputs()
+    norm = attack_spec(name).norms[0]
+    if norm == "l0":
+        eps = np.int64(4) if np.ndim(eps) == 0 else [np.int64(4)]
+    result = call(name, tiny_model(), x, y, eps=eps, norm=norm)
+    assert result.eps == ((4.0,) if norm == "l0" else (0.1,))
+
+
+@pytest.mark.parametrize("eps", [np.bool_(True), np.array([True]), torch.tensor([True])])
+def test_boolean_eps_of_numpy_or_torch_is_refused(name: str, eps: Any) -> None:
+    x, y = inputs()
+    with pytest.raises(TypeError, match="eps"):
+        call(name, tiny_model(), x, y, eps=eps)
+
+
+# ---------------------------------------------------------------- input layout and dtype
+
+
+def recorded_model(in_shape: tuple[int, int, int]) -> Classifier:
+    return advlab.create_model("mlp", in_shape=in_shape, num_classes=NUM_CLASSES, hidden=(8,),
+                               generator=torch.Generator().manual_seed(0))
+
+
+def test_inputs_without_a_channel_dimension(name: str) -> None:
+    x, y = inputs()
+    with pytest.raises(ValueError, match=r"model takes \(1, 6, 6\).*unsqueeze\(1\)"):
+        call(name, recorded_model((1, 6, 6)), x[:, 0], y)
+
+
+def test_channels_last_inputs(name: str) -> None:
+    gen = torch.Generator().manual_seed(2)
+    x, y = torch.rand(3, 6, 6, 3, generator=gen), torch.arange(3)
+    with pytest.raises(ValueError, match=r"channels-last.*permute\(0, 3, 1, 2\)"):
+        call(name, recorded_model((3, 6, 6)), x, y)
+
+
+def test_flattened_inputs_name_the_reshape() -> None:
+    x, y = inputs()
+    with pytest.raises(ValueError, match=r"x must be \(N, 1, 6, 6\).*reshape"):
+        fgsm(recorded_model((1, 6, 6)), x.reshape(3, 36), y, eps=0.1)
+
+
+def test_inputs_of_the_recorded_shape_run() -> None:
+    x, y = inputs()
+    assert fgsm(recorded_model((1, 6, 6)), x, y, eps=0.1).x_adv.shape == (1, 3, 1, 6, 6)
+
+
+def test_dtype_mismatch_names_both_dtypes(name: str) -> None:
+    x, y = inputs()
+    with pytest.raises(TypeError, match=r"x has dtype torch.float64 but the model's parameters are torch.float32"):
+        call(name, tiny_model(), x.double(), y)
 
 
 @pytest.mark.parametrize(("batch_size", "error"), [(0, ValueError), (-2, ValueError), (1.5, TypeError)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import hypothesis.extra.numpy as hnp
 import numpy as np
@@ -326,3 +327,76 @@ def test_l0_projection_is_the_nearest_point(delta_np: np.ndarray, k: int) -> Non
 def test_lp_ball_refuses_a_boolean_budget() -> None:
     with pytest.raises(TypeError, match="eps must be a number"):
         LpBall("linf", True)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- input the ball would misread
+
+
+def _methods(ball: LpBall) -> dict[str, Callable[[torch.Tensor], object]]:
+    """Each method of the ball, called on one argument shaped like ``t``."""
+    return {
+        "project": lambda t: ball.project(t),
+        "contains": lambda t: ball.contains(t),
+        "distance": lambda t: ball.distance(t, t),
+        "random_init": lambda t: ball.random_init(t, torch.Generator().manual_seed(0)),
+        "steepest_step": lambda t: ball.steepest_step(t, 0.1),
+    }
+
+
+@pytest.mark.parametrize("norm", [*LP_NORMS, "l0"])
+@pytest.mark.parametrize("method", ["project", "contains", "distance", "random_init", "steepest_step"])
+@pytest.mark.parametrize("shape", [(5,), ()])
+def test_an_unbatched_vector_is_refused(norm: str, method: str, shape: tuple[int, ...]) -> None:
+    ball = LpBall(norm, 0.5)
+    if norm == "l0" and method in ("random_init", "steepest_step"):
+        pytest.skip("the l0 ball has neither (refused for any shape)")
+    fn = _methods(ball)[method]
+    expected = rf"LpBall\.{method}: .* must be a batch of shape \(N, \.\.\.\).*unsqueeze\(0\)"
+    with pytest.raises(ValueError, match=expected):
+        fn(torch.ones(shape))
+    fn(torch.ones(1, *shape) if shape else torch.ones(1, 1))  # the batched form runs
+
+
+@pytest.mark.parametrize("norm", [*LP_NORMS, "l0"])
+@pytest.mark.parametrize("method", ["project", "contains", "distance", "random_init"])
+def test_per_example_eps_of_the_wrong_length_is_refused(norm: str, method: str) -> None:
+    ball = LpBall(norm, torch.tensor([0.1, 0.2, 0.3]))
+    if norm == "l0" and method == "random_init":
+        pytest.skip("the l0 ball has no random start")
+    fn = _methods(ball)[method]
+    with pytest.raises(ValueError, match=r"per-example eps has 3 values but the batch has 4 examples"):
+        fn(torch.ones(4, 2))
+    fn(torch.ones(3, 2))
+
+
+def test_per_example_step_size_of_the_wrong_length_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"per-example step_size has 2 values but the batch has 3"):
+        LpBall("l2", 1.0).steepest_step(torch.ones(3, 4), torch.tensor([0.1, 0.2]))
+
+
+def test_shapes_that_disagree_are_refused() -> None:
+    ball = LpBall("l2", 1.0)
+    with pytest.raises(ValueError, match=r"x has shape \(2, 3\) but x_adv has \(3, 2\)"):
+        ball.distance(torch.ones(2, 3), torch.ones(3, 2))
+    with pytest.raises(ValueError, match=r"x has shape"):
+        LpBall("l1", 1.0).steepest_step(torch.ones(2, 3), 0.1, x=torch.ones(2, 4), bounds=(0.0, 1.0))
+    with pytest.raises(TypeError, match=r"must be a torch\.Tensor"):
+        ball.project([[1.0, 2.0]])  # type: ignore[arg-type]
+
+
+def test_eps_tensors_of_the_wrong_kind_are_refused() -> None:
+    with pytest.raises(TypeError, match="real-valued"):
+        LpBall("linf", torch.tensor([True, False]))
+    with pytest.raises(ValueError, match=r"per-example \(N,\) tensor, got shape \(2, 2\)"):
+        LpBall("linf", torch.ones(2, 2))
+    with pytest.raises(TypeError, match="eps must be a number"):
+        LpBall("linf", np.bool_(True))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="eps must be a number"):
+        LpBall("linf", "0.1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("eps", [np.float32(0.25), np.float64(0.25), np.int64(1)])
+def test_numpy_scalars_are_budgets(eps: object) -> None:
+    ball = LpBall("linf", eps)  # type: ignore[arg-type]
+    assert isinstance(ball.eps, float) and ball.eps == float(eps)  # type: ignore[arg-type]
+    assert float(ball.project(torch.full((1, 3), 5.0)).max()) == float(eps)  # type: ignore[arg-type]

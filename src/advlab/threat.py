@@ -8,6 +8,7 @@ all non-batch dimensions.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Literal
 
 import torch
@@ -39,6 +40,28 @@ def lp_norm(delta: Tensor, norm: str) -> Tensor:
     if norm == "l0":
         return (flat != 0).sum(dim=1).to(flat.dtype)
     raise ValueError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")
+
+
+def _check_batch(t: object, what: str, method: str) -> Tensor:
+    """``t`` if it is a tensor with a batch dimension ``(N, ...)``; a single unbatched vector is refused
+    rather than read as ``N`` one-feature examples."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"LpBall.{method}: {what} must be a torch.Tensor of shape (N, ...), got {type(t).__name__}")
+    if t.ndim < 2:
+        raise ValueError(
+            f"LpBall.{method}: {what} must be a batch of shape (N, ...) with one example per row, got shape "
+            f"{tuple(t.shape)}; for a single example add the batch dimension ({what}.unsqueeze(0))"
+        )
+    return t
+
+
+def _check_per_example(value: float | Tensor, n: int, what: str) -> None:
+    """A ``(N,)`` tensor ``value`` must have one entry per example of a batch of ``n``."""
+    if isinstance(value, Tensor) and value.ndim == 1 and value.shape[0] != n:
+        raise ValueError(
+            f"per-example {what} has {value.shape[0]} values but the batch has {n} examples; give one value "
+            f"per example (shape ({n},)) or a single number"
+        )
 
 
 def _per_example(value: float | Tensor, like: Tensor) -> float | Tensor:
@@ -116,9 +139,13 @@ class LpBall:
 
     def __init__(self, norm: str, eps: float | Tensor) -> None:
         self.norm = check_norm(norm)
-        if isinstance(eps, bool) or not isinstance(eps, (int, float, Tensor)):
+        if isinstance(eps, bool) or not isinstance(eps, (numbers.Real, Tensor)):
             raise TypeError(f"eps must be a number or a (N,) tensor, got {type(eps).__name__} {eps!r}")
         if isinstance(eps, Tensor):
+            if eps.dtype == torch.bool or eps.is_complex():
+                raise TypeError(f"eps must be a real-valued tensor, got dtype {eps.dtype}")
+            if eps.ndim > 1:
+                raise ValueError(f"eps must be a number or a per-example (N,) tensor, got shape {tuple(eps.shape)}")
             if not bool(torch.isfinite(eps).all()) or bool((eps < 0).any()):
                 raise ValueError("eps must be finite and non-negative")
         else:
@@ -130,8 +157,17 @@ class LpBall:
     def __repr__(self) -> str:
         return f"LpBall(norm={self.norm!r}, eps={self.eps!r})"
 
+    def _batch(self, t: object, what: str, method: str) -> Tensor:
+        """``t`` checked to be a batch ``(N, ...)`` matching a per-example ``eps``."""
+        batch = _check_batch(t, what, method)
+        _check_per_example(self.eps, batch.shape[0], "eps")
+        return batch
+
     def project(self, delta: Tensor) -> Tensor:
-        """Nearest point of the ball to each example of ``delta`` (Euclidean projection)."""
+        """Nearest point of the ball to each example of ``delta`` (Euclidean projection).
+
+        ``delta``: ``(N, ...)``, one perturbation per row (a single example needs its batch dimension)."""
+        self._batch(delta, "delta", "project")
         if self.norm == "linf":
             e = _per_example(self.eps, delta)
             if isinstance(e, float):
@@ -148,6 +184,7 @@ class LpBall:
 
     def contains(self, delta: Tensor, tol: float = 1e-5) -> Tensor:
         """``(N,)`` bool: which examples lie inside the ball (with relative tolerance ``tol``)."""
+        self._batch(delta, "delta", "contains")
         eps_t = torch.as_tensor(self.eps, dtype=delta.dtype, device=delta.device)
         return lp_norm(delta, self.norm) <= eps_t * (1 + tol) + tol
 
@@ -163,6 +200,7 @@ class LpBall:
         """
         if self.norm == "l0":
             raise ValueError("the l0 ball has no random start; use an attack without one (e.g. jsma)")
+        self._batch(like, "like", "random_init")
         n = like.shape[0]
         d = like[0].numel()
         shape = tuple(like.shape)
@@ -201,6 +239,10 @@ class LpBall:
         """
         if self.norm == "l0":
             raise ValueError("the l0 ball has no steepest step; use an l0 attack (e.g. jsma)")
+        self._batch(grad, "grad", "steepest_step")
+        _check_per_example(step_size, grad.shape[0], "step_size")
+        if x is not None and tuple(_check_batch(x, "x", "steepest_step").shape) != tuple(grad.shape):
+            raise ValueError(f"LpBall.steepest_step: x has shape {tuple(x.shape)} but grad has {tuple(grad.shape)}")
         a = _per_example(step_size, grad)
         if self.norm == "linf":
             return a * grad.sign()
@@ -224,6 +266,10 @@ class LpBall:
 
     def distance(self, x: Tensor, x_adv: Tensor) -> Tensor:
         """``(N,)`` L_p distance between ``x`` and ``x_adv``."""
+        self._batch(x, "x", "distance")
+        if tuple(_check_batch(x_adv, "x_adv", "distance").shape) != tuple(x.shape):
+            raise ValueError(f"LpBall.distance: x has shape {tuple(x.shape)} but x_adv has {tuple(x_adv.shape)}; "
+                             f"both must be (N, ...) batches of the same shape")
         return lp_norm(x_adv - x, self.norm)
 
 

@@ -12,12 +12,14 @@ from advlab.attacks._bim import BIMConfig, bim, bim_schedule, illc
 from advlab.attacks._context import AttackContext, Kernel
 from advlab.attacks._cw import CWConfig, CWLinfConfig, cw, cw_linf
 from advlab.attacks._deepfool import DeepFoolConfig, deepfool
-from advlab.attacks._engine import attack_mode, progress, run_attack
+from advlab.attacks._engine import run_attack
 from advlab.attacks._fgsm import FGMConfig, fgm, fgsm
 from advlab.attacks._jsma import JSMAConfig, jsma
 from advlab.attacks._losses import LOSSES, ce_objective, dlr_objective, margin_objective, objective
 from advlab.attacks._mifgsm import MIFGSMConfig, mifgsm
+from advlab.attacks._mode import attack_mode, progress
 from advlab.attacks._pgd import PGDConfig, pgd
+from advlab.attacks._random import RandomDraw
 from advlab.attacks._registry import (
     ATTACKS,
     CALL_ARGS,
@@ -29,12 +31,14 @@ from advlab.attacks._registry import (
 )
 from advlab.attacks._result import AttackResult
 from advlab.attacks._rfgsm import RFGSMConfig, rfgsm
+from advlab.attacks._warnings import AlreadyAtTargetWarning, RobustnessWarning
 
 __all__ = [
     "ATTACKS",
     "CALL_ARGS",
     "LOSSES",
     "APGDConfig",
+    "AlreadyAtTargetWarning",
     "AttackContext",
     "AttackResult",
     "AttackSpec",
@@ -48,6 +52,8 @@ __all__ = [
     "MIFGSMConfig",
     "PGDConfig",
     "RFGSMConfig",
+    "RandomDraw",
+    "RobustnessWarning",
     "apgd",
     "attack_mode",
     "attack_spec",

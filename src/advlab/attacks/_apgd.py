@@ -74,11 +74,13 @@ def _apgd_kernel(config: APGDConfig, norm: str) -> Kernel:
         def step_dir(g: Tensor) -> Tensor:
             return ball.steepest_step(g, 1.0)
 
-        cur = project(xr + ball.random_init(xr, ctx.generator))
+        # one draw for every restart of every example, per example (the same whatever the batch size)
+        cur = project(xr + ctx.random_init(ball, r).rows())
         eta = torch.full((n * r,), 2.0 * eps, dtype=x.dtype, device=x.device)
         f, g, logits = ctx.value_and_grad(cur, obj)
         f_max, x_max, g_max = f.clone(), cur.clone(), g.clone()
         found = is_adversarial(logits, yr, ctx.targeted)
+        found_at = torch.where(found, 0, config.steps + 1)  # the iteration of each row's first adversarial point
         x_found = cur.clone()
         prev, f_prev = cur, f
         count = torch.zeros_like(f)
@@ -97,6 +99,7 @@ def _apgd_kernel(config: APGDConfig, norm: str) -> Kernel:
                 f, g, logits = ctx.value_and_grad(cur, obj)
             adv = is_adversarial(logits, yr, ctx.targeted)
             x_found = torch.where((adv & ~found).reshape(shape), cur, x_found)
+            found_at = torch.where(adv & ~found, k, found_at)
             found |= adv
             count += f > f_prev
             f_prev = f
@@ -116,10 +119,12 @@ def _apgd_kernel(config: APGDConfig, norm: str) -> Kernel:
                 eta_ck, f_max_ck, last = eta.clone(), f_max.clone(), k
             if k % 10 == 0 and bool(found.view(r, n).any(dim=0).all()):
                 break  # every example already has an adversarial point in some restart
-        # Per example: an adversarial iterate from any restart, else the highest-loss point over restarts.
+        # Per example: the adversarial iterate found first (earliest iteration, then lowest restart), else the
+        # highest-loss point over restarts. "First found" does not depend on when the loop stopped, so an
+        # example's result does not depend on the other examples of its chunk (the batch size).
         best = torch.where(found.reshape(shape), x_found, x_max).view(r, n, *x.shape[1:])
-        score = torch.where(found, torch.inf, f_max).view(r, n)
-        pick = score.argmax(dim=0)
+        first = found_at.view(r, n).argmin(dim=0)
+        pick = torch.where(found.view(r, n).any(dim=0), first, f_max.view(r, n).argmax(dim=0))
         return best[pick, torch.arange(n, device=x.device)]
 
     return kernel
@@ -151,10 +156,11 @@ def apgd(
     ball and the bounds. ``η`` starts at ``2 eps`` and is halved at the checkpoints ``w_j = ceil(p_j steps)``
     (see :func:`checkpoints`) for examples where fewer than ``ρ`` of the steps since the last checkpoint
     raised the loss, or where neither ``η`` nor the best loss changed since it; such an example restarts from
-    its best point. Restarts are batched (the chunk is replicated ``restarts`` times); each example keeps an
-    adversarial iterate of any restart, else its highest-loss point over the restarts (with one restart: its
-    final iterate, which the engine's re-check evaluates, so no extra forward pass is spent on it). The run
-    stops once every example is broken (checked every 10 steps).
+    its best point. Restarts are batched (the chunk is replicated ``restarts`` times); each example keeps the
+    adversarial iterate found first (earliest iteration, then lowest restart), else its highest-loss point over
+    the restarts (with one restart: its final iterate, which the engine's re-check evaluates, so no extra
+    forward pass is spent on it). The run stops once every example is broken (checked every 10 steps).
+    Random starts are drawn per example: the same seed gives the same result whatever ``batch_size``.
 
     Losses: ``ce`` (cross-entropy), ``dlr`` (difference of logits ratio) or ``margin``. Targeted DLR
     (``targeted=True``, ``y`` = targets) is ``-(z_y - z_t) / (z_π1 - (z_π3 + z_π4) / 2)`` with the true class
@@ -172,8 +178,9 @@ def apgd(
             (default), ``dlr`` or ``margin``. restarts: random restarts, batched (default 1). momentum: the
             weight ``α`` of the new step against the previous one (default 0.75; 1 is no momentum).
             rho: fraction of improving steps below which the step size halves (default 0.75).
-            generator: random starts; same seed, same result. batch_size: chunk size (memory grows with
-            ``restarts * batch_size``). true_labels: true classes of a targeted run (used by targeted DLR).
+            generator: random starts, drawn per example; same seed, same result whatever the batch size.
+            batch_size: chunk size (memory grows with ``restarts * batch_size``). true_labels: true classes
+            of a targeted run (used by targeted DLR).
 
     Example:
         >>> import torch, advlab

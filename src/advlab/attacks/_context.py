@@ -1,4 +1,5 @@
-"""The context handed to attack kernels: the model, its bounds, the RNG and counted evaluations."""
+"""The context handed to attack kernels: the model, its bounds, counted evaluations and the call's per-example
+randomness (drawn by :mod:`advlab.attacks._random`)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from advlab.attacks._random import PerExampleRandomness
 from advlab.attacks._validation import check_logits
-from advlab.threat import clip_to_bounds
+from advlab.threat import clip_to_bounds, is_adversarial
 
 
-class AttackContext:
-    """Handed to kernels: the model, bounds, RNG and counted forward/gradient helpers.
+class AttackContext(PerExampleRandomness):
+    """Handed to kernels: the model, bounds, RNG (per example, see :class:`PerExampleRandomness`) and counted
+    forward/gradient helpers.
 
     Kernels evaluate the model only through :meth:`logits`, :meth:`forward`, :meth:`value_and_grad` and
     differentiate only through :meth:`grad`, so that cost accounting stays honest. Every evaluation is
@@ -26,12 +29,19 @@ class AttackContext:
         self, model: nn.Module | Callable[[Tensor], Tensor], bounds: tuple[float, float],
         generator: torch.Generator | None, targeted: bool,
     ) -> None:
+        super().__init__(generator)
         self.model = model
         self.bounds = bounds
-        self.generator = generator
         self.targeted = targeted
         self.n_forward = 0
         self.n_backward = 0
+        # The current chunk's labels (targets when targeted), set by the engine once known.
+        self.labels: Tensor | None = None
+        # Inputs the loss gradient was checked at (the first gradient of each chunk), and how many of them
+        # had an exactly zero gradient although they were not adversarial (see run_attack's warning).
+        self.grad_checked = 0
+        self.grad_vanished = 0
+        self._grad_pending = False
         # The current chunk's ``true_labels`` (None when not given), for kernels whose targeted objective
         # needs both the target and the true class (e.g. targeted DLR).
         self.true_labels: Tensor | None = None
@@ -52,11 +62,17 @@ class AttackContext:
         assert self._num_classes is not None
         return self._num_classes
 
-    def begin_chunk(self, x: Tensor, check: Callable[[Tensor], None], true_labels: Tensor | None) -> None:
-        """Starts a chunk with clean input ``x``; ``check(logits)`` validates its clean logits once seen."""
+    def begin_chunk(
+        self, x: Tensor, check: Callable[[Tensor], None], true_labels: Tensor | None, rows: slice | None = None
+    ) -> None:
+        """Starts a chunk with clean input ``x`` (rows ``rows`` of the call's batch); ``check(logits)``
+        validates its clean logits once seen."""
         self._clean_x, self._clean_logits, self._check_clean = x, None, check
         self.true_labels = true_labels
+        self.labels = None
         self.memo = {}
+        self._grad_pending = True
+        self._begin_random_chunk(x, rows if rows is not None else slice(0, x.shape[0]))
 
     def clean_logits(self) -> Tensor:
         """The current chunk's clean logits: those seen during the kernel, else one forward pass now."""
@@ -129,9 +145,25 @@ class AttackContext:
             value = objective(logits)
             grad = self.grad(value, xg)
         out = (value.detach(), grad, logits.detach())
+        if self._grad_pending:
+            self._check_gradient(grad, out[2])
         if key is not None:
             self.memo[key] = (out[0], out[1].clone(), out[2])
         return out
+
+    def _check_gradient(self, grad: Tensor, logits: Tensor) -> None:
+        """Counts, at the chunk's first loss gradient, the inputs not yet adversarial whose gradient is exactly
+        zero: saturated outputs (a softmax or sigmoid inside the model) or gradient masking, where a gradient
+        attack cannot move and robustness would be overstated."""
+        labels, rows = self.labels, grad.shape[0]
+        if labels is None or labels.shape[0] == 0 or rows % labels.shape[0]:
+            return  # not the chunk's (replicated) batch: nothing to compare with
+        self._grad_pending = False
+        labels = labels.repeat(rows // labels.shape[0])
+        open_ = ~is_adversarial(logits, labels, self.targeted)
+        zero = grad.reshape(rows, -1).abs().amax(dim=1) == 0
+        self.grad_checked += int(open_.sum())
+        self.grad_vanished += int((open_ & zero).sum())
 
     def clip(self, x: Tensor) -> Tensor:
         """Clamps into the model's bounds."""

@@ -213,7 +213,7 @@ def _cw_linf_kernel(config: CWLinfConfig) -> Kernel:
     def kernel(ctx: AttackContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
         ball = LpBall("linf", eps)
         alpha = config.step_size if config.step_size is not None else 2.5 * eps / config.steps
-        start = ctx.clip(x + ball.random_init(x, ctx.generator)) if config.random_start else x
+        start = ctx.clip(x + ctx.random_init(ball).rows()) if config.random_start else x
         # early_stop: each example keeps its first adversarial iterate (a random start included)
         return iterate(ctx, x, y, start, ball=ball, steps=config.steps, step=steepest(ball, alpha, ctx.bounds),
                        loss="margin", confidence=config.confidence, true_labels=ctx.true_labels, early_stop=True,
@@ -253,8 +253,9 @@ def cw_linf(
             when ``targeted``). eps: budget or list of budgets (raw input units). norm: ``linf`` only.
         steps: iterations (default 50). step_size: ``α``; ``None`` is ``2.5 * eps / steps``.
         confidence: ``κ``, where the margin is capped (default 50, as in Madry et al.'s MNIST evaluation).
-        random_start: start uniformly in the ball (default ``True``). generator: random start; same seed, same
-        result. batch_size: chunk size. true_labels: true classes of a targeted run.
+        random_start: start uniformly in the ball (default ``True``). generator: random start, drawn per
+        example; same seed, same result whatever the batch size. batch_size: chunk size. true_labels: true
+        classes of a targeted run.
 
     Example:
         >>> import torch, advlab

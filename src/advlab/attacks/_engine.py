@@ -9,15 +9,18 @@ An attack file supplies a *kernel* and calls :func:`run_attack`:
 
 Either way the engine projects onto the ball, clips to the bounds and re-checks success with one more
 forward pass: a result never trusts the kernel's own bookkeeping.
+
+Randomness is drawn per example (:meth:`AttackContext.random`): the same seed gives the same result whatever
+``batch_size``. Doubts about the result (outputs that look like probabilities, loss gradients that vanish)
+are reported once per call as a :class:`~advlab.attacks.RobustnessWarning`; targeted examples already at
+their target before the attack as an :class:`~advlab.attacks.AlreadyAtTargetWarning`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -25,47 +28,20 @@ from torch import Tensor, nn
 
 from advlab._validate import check_int, check_labels, check_optional
 from advlab.attacks._context import AttackContext, Kernel
+from advlab.attacks._mode import attack_mode, mismatch_hint, progress_callback
 from advlab.attacks._registry import attack_spec
 from advlab.attacks._result import AttackResult
-from advlab.attacks._validation import clean_check, model_bounds, validate_eps, validate_inputs
-from advlab.models.classifier import unchecked_inputs
+from advlab.attacks._validation import (
+    check_input_shape,
+    check_logits,
+    clean_check,
+    logits_doubts,
+    model_bounds,
+    validate_eps,
+    validate_inputs,
+)
+from advlab.attacks._warnings import warn_call
 from advlab.threat import LpBall, check_norm
-
-# Called after each chunk with (examples done, examples in the call), while :func:`progress` is active.
-_PROGRESS: ContextVar[Callable[[int, int], None] | None] = ContextVar("advlab_attack_progress", default=None)
-
-
-@contextmanager
-def progress(callback: Callable[[int, int], None]) -> Iterator[None]:
-    """Within this context every attack calls ``callback(done, total)`` after each chunk it finishes (for a
-    progress bar); the callback sees counts only and cannot change a result."""
-    token = _PROGRESS.set(callback)
-    try:
-        yield
-    finally:
-        _PROGRESS.reset(token)
-
-
-@contextmanager
-def attack_mode(model: nn.Module | Callable[[Tensor], Tensor]) -> Iterator[None]:
-    """Evaluation mode, frozen parameters and no per-call input checks for the duration of an attack;
-    every submodule's mode and every parameter's ``requires_grad`` are restored after, even on error."""
-    if not isinstance(model, nn.Module):
-        yield
-        return
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        with unchecked_inputs(model):
-            yield
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def run_attack(
@@ -98,8 +74,11 @@ def run_attack(
         kernel: the attack's kernel (see module docstring).
         config: the attack's frozen config of hyper-parameters (recorded in ``result.config``).
         targeted: whether ``y`` holds target classes.
-        generator: source of randomness for random starts; same seed, same result.
-        batch_size: split ``x`` into chunks of this many examples (default: all at once).
+        generator: source of randomness for random starts; same seed, same result, whatever ``batch_size``
+            (randomness is drawn per example, see :meth:`AttackContext.random`). ``None``: a seed is taken
+            from PyTorch's global RNG.
+        batch_size: split ``x`` into chunks of this many examples (default: all at once); the result does
+            not depend on it.
         true_labels: with ``targeted=True``, the true classes; a target equal to its true class is an error.
         clean_first: the kernel's first evaluation is at the clean input itself (FGSM, BIM, MI-FGSM, DeepFool):
             the engine then takes the clean logits from it instead of running a forward pass of its own
@@ -107,6 +86,16 @@ def run_attack(
         choose_targets: for attacks that choose their own targets (ILLC): ``y`` holds the true classes and
             ``choose_targets(clean_logits, y_chunk)`` gives each chunk's targets from its clean logits (no
             extra forward pass); the run is targeted and ``result.labels`` holds the targets.
+
+    Raises:
+        ValueError / TypeError: invalid inputs, labels, budgets or options; inputs of the wrong shape for a
+            model that records its ``in_shape``; a model returning probabilities instead of logits; a model
+            whose dtype or device does not match ``x``.
+
+    Warns:
+        RobustnessWarning: the model's outputs may not be logits (all in ``[0, 1]``, ...) or the loss gradient
+            is exactly zero at inputs the attack must move: the result may overstate robustness.
+        AlreadyAtTargetWarning: targeted examples the model already assigns to their target.
     """
     t0 = time.perf_counter()
     spec = attack_spec(name)
@@ -116,6 +105,7 @@ def run_attack(
     budgets = validate_eps(eps)
     bounds = model_bounds(model)
     y = validate_inputs(x, y, bounds)
+    check_input_shape(model, x)
     check_optional("batch_size", batch_size, check_int)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
@@ -134,38 +124,51 @@ def run_attack(
     x_adv = torch.empty((len(budgets), *x.shape), dtype=x.dtype, device=x.device)
     adv_pred = torch.empty((len(budgets), n), dtype=torch.long, device=x.device)
     ctx = AttackContext(model, bounds, generator, targeted)
+    ctx.begin_call(x)
     clean_logits: list[Tensor] = []
     labels = y if choose_targets is None else torch.empty_like(y)
-    report = _PROGRESS.get()
-    with attack_mode(model):
-        for start in range(0, n, chunk):
-            xb, yb = x[start : start + chunk].detach(), y[start : start + chunk]
-            tb = None if true_labels is None else true_labels[start : start + chunk]
-            ctx.begin_chunk(xb, clean_check(yb, tb), tb)
-            if choose_targets is not None:
-                yb = labels[start : start + chunk] = choose_targets(ctx.clean_logits(), yb)
-            elif not clean_first:
-                ctx.clean_logits()
-            found = kernel(ctx, xb, yb, max(budgets)) if spec.min_norm else None
-            for i, e in enumerate(budgets):
-                if e == 0.0:
-                    x_adv[i, start : start + chunk] = xb
-                    continue
-                cand = found if found is not None else kernel(ctx, xb, yb, e)
-                x_adv[i, start : start + chunk] = ctx.clip(xb + LpBall(norm, e).project(cand.detach() - xb))
-            clean_logits.append(ctx.clean_logits())
-            if report is not None:
-                report(min(start + chunk, n), n)
-        # Re-check every budget on the final, clipped inputs.
-        for i in range(len(budgets)):
+    report = progress_callback()
+    try:
+        with attack_mode(model):
             for start in range(0, n, chunk):
-                adv_pred[i, start : start + chunk] = ctx.logits(x_adv[i, start : start + chunk]).argmax(dim=1)
+                rows = slice(start, min(start + chunk, n))
+                xb, yb = x[rows].detach(), y[rows]
+                tb = None if true_labels is None else true_labels[rows]
+                ctx.begin_chunk(xb, clean_check(yb, tb), tb, rows)
+                if choose_targets is not None:
+                    yb = labels[rows] = choose_targets(ctx.clean_logits(), yb)
+                elif not clean_first:
+                    ctx.clean_logits()
+                ctx.labels = yb
+                found = kernel(ctx, xb, yb, max(budgets)) if spec.min_norm else None
+                for i, e in enumerate(budgets):
+                    if e == 0.0:
+                        x_adv[i, rows] = xb
+                        continue
+                    cand = found if found is not None else kernel(ctx, xb, yb, e)
+                    x_adv[i, rows] = ctx.clip(xb + LpBall(norm, e).project(cand.detach() - xb))
+                clean_logits.append(ctx.clean_logits())
+                if report is not None:
+                    report(rows.stop, n)
+            # Re-check every budget on the final, clipped inputs.
+            for i in range(len(budgets)):
+                for start in range(0, n, chunk):
+                    adv_pred[i, start : start + chunk] = ctx.logits(x_adv[i, start : start + chunk]).argmax(dim=1)
+    except RuntimeError as err:
+        hint = mismatch_hint(model, x)
+        if hint is not None:
+            raise TypeError(hint) from err
+        raise
+    all_logits = torch.cat(clean_logits)
+    check_logits(all_logits, n)  # across chunks too (a chunk of one example cannot show a common row sum)
     success = adv_pred == labels if targeted else adv_pred != labels
-    clean_pred = torch.cat(clean_logits).argmax(dim=1)
+    clean_pred = all_logits.argmax(dim=1)
     if targeted and true_labels is not None:
         clean_correct = clean_pred == true_labels
     else:
         clean_correct = clean_pred != labels if targeted else clean_pred == labels
+    already = clean_pred == labels if targeted else torch.zeros_like(clean_correct)
+    warn_call(name, n, logits_doubts(all_logits), ctx, int(already.sum()))
     distances = torch.stack([LpBall(norm, 0.0).distance(x, x_adv[i]) for i in range(len(budgets))])
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
@@ -174,6 +177,7 @@ def run_attack(
     return AttackResult(
         attack=name, eps=budgets, norm=norm, targeted=targeted, labels=labels, x_adv=x_adv.detach(),
         success=success, adv_pred=adv_pred, distances=distances, clean_correct=clean_correct, clean_pred=clean_pred,
+        already_at_target=already,
         n_forward=ctx.n_forward, n_backward=ctx.n_backward, n_queries=ctx.n_forward,
         seconds=time.perf_counter() - t0, config=cfg,
     )

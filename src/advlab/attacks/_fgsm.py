@@ -32,7 +32,10 @@ class FGMConfig:
 
 def _fgm_kernel(config: FGMConfig, norm: str) -> Kernel:
     def kernel(ctx: AttackContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
-        _, grad, _ = ctx.value_and_grad(x, lambda z: objective(config.loss, z, y, ctx.targeted), memo_key=config.loss)
+        def obj(z: Tensor) -> Tensor:
+            return objective(config.loss, z, y, ctx.targeted, ctx.true_labels)
+
+        _, grad, _ = ctx.value_and_grad(x, obj, memo_key=config.loss)
         return ctx.clip(x + LpBall(norm, eps).steepest_step(grad, eps, x=x, bounds=ctx.bounds))
 
     return kernel

@@ -16,8 +16,9 @@ from torch import Tensor, nn
 from advlab._validate import check_bool, check_choice, check_float, check_int, check_optional
 from advlab.attacks._context import AttackContext, Kernel, per_example_view, replicate
 from advlab.attacks._engine import run_attack
-from advlab.attacks._iterative import iterate, steepest
+from advlab.attacks._iterative import StepFn, iterate, steepest
 from advlab.attacks._losses import LOSSES
+from advlab.attacks._random import RandomDraw
 from advlab.attacks._registry import register_attack
 from advlab.attacks._result import AttackResult
 from advlab.threat import LpBall
@@ -56,24 +57,28 @@ class PGDConfig:
 
 def _pgd_kernel(config: PGDConfig, norm: str) -> Kernel:
     def run(
-        ctx: AttackContext, x: Tensor, y: Tensor, true: Tensor | None, eps: float, replicas: int
+        ctx: AttackContext, x: Tensor, y: Tensor, true: Tensor | None, ball: LpBall, step: StepFn,
+        deltas: list[RandomDraw], idx: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """``replicas`` restarts of every example in one batch (``replicas * N`` rows, restart-major)."""
-        ball = LpBall(norm, eps)
+        """One restart per draw in ``deltas`` for the chunk's examples ``idx`` (all when ``None``), in one
+        batch (``len(deltas) * N`` rows, restart-major)."""
+        replicas = max(1, len(deltas))
         xr = replicate(x, replicas)
         start = xr
-        if config.random_start:  # one draw per replica, so restart 0 starts where a single run would
-            delta = torch.cat([ball.random_init(x, ctx.generator, radial=True) for _ in range(replicas)])
-            start = ctx.clip(xr + delta)
-        alpha = config.step_size if config.step_size is not None else 2.5 * eps / config.steps
-        step = steepest(ball, alpha, ctx.bounds, config.l1_sparsity)
+        if deltas:  # each restart's start is drawn per example: the same whatever the batch size
+            start = ctx.clip(xr + torch.cat([d.rows(idx) for d in deltas]))
         return iterate(ctx, xr, y.repeat(replicas), start, ball=ball, steps=config.steps, step=step,
                        loss=config.loss, final_check=config.restarts > 1, early_stop=config.early_stop,
                        true_labels=None if true is None else true.repeat(replicas))
 
     def kernel(ctx: AttackContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
+        ball = LpBall(norm, eps)
+        alpha = config.step_size if config.step_size is not None else 2.5 * eps / config.steps
+        step = steepest(ball, alpha, ctx.bounds, config.l1_sparsity)
+        # Every restart's random start is requested up front, whichever restarts run (rule: draws per example).
+        starts = [ctx.random_init(ball, radial=True) for _ in range(config.restarts)] if config.random_start else []
         if config.restarts == 1:
-            return run(ctx, x, y, ctx.true_labels, eps, 1)[0]
+            return run(ctx, x, y, ctx.true_labels, ball, step, starts, None)[0]
         n, r = x.shape[0], config.restarts
         view = per_example_view(x)
         group = max(1, min(r, REPLICA_LIMIT.get(x.device.type, 1024) // n))
@@ -86,9 +91,10 @@ def _pgd_kernel(config: PGDConfig, norm: str) -> Kernel:
             if m == 0:
                 break
             true = None if ctx.true_labels is None else ctx.true_labels[idx]
-            x_adv, success, value = run(ctx, x[idx], y[idx], true, eps, k)
+            x_adv, success, value = run(ctx, x[idx], y[idx], true, ball, step, starts[first : first + k], idx)
             x_adv, success, value = x_adv.view(k, m, *x.shape[1:]), success.view(k, m), value.view(k, m)
-            # per example: the first successful restart, else the one with the highest final loss
+            # per example: the first successful restart, else the one with the highest final loss (the
+            # first of equals): the same choice whatever the grouping of restarts
             pick = torch.where(success.any(0), success.to(torch.uint8).argmax(0), value.argmax(0))
             cols = torch.arange(m, device=x.device)
             hit, val = success[pick, cols], value[pick, cols]
@@ -147,8 +153,9 @@ def pgd(
             ``False``: all ``steps``, the last adversarial iterate returned). The same examples succeed, so
             robust accuracy is unchanged, for fewer passes the more examples break early: what an evaluation
             wants; keep the default for the strongest (highest-loss) examples, e.g. for training.
-            generator: random starts; same seed, same result. batch_size: chunk size. true_labels:
-            true classes of a targeted run (checked to differ from the targets).
+            generator: random starts, drawn per example; same seed, same result whatever the batch size.
+            batch_size: chunk size. true_labels: true classes of a targeted run (checked to differ from the
+            targets).
 
     Example:
         >>> import torch, advlab

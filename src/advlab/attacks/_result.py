@@ -26,6 +26,11 @@ class AttackResult:
         clean_correct: ``(N,)`` bool. Untargeted: the clean prediction equals the true class. Targeted: it
             equals ``true_labels`` when those were given, else the clean input is not already the target.
         clean_pred: ``(N,)`` the model's predictions on the clean inputs.
+        already_at_target: ``(N,)`` bool, targeted runs: the model already assigns the clean input to its
+            target, so the attack had nothing to do (all ``False`` for untargeted runs). Such an example's
+            ``success`` is still ``True`` where ``x_adv`` is classified as the target (``success`` means "at
+            the goal after the attack"), but :attr:`success_rate` does not count it;
+            :attr:`n_already_at_target` counts them.
         n_forward / n_backward: model evaluations / input-gradient computations, counted per example.
         n_queries: forward evaluations made as queries (equals ``n_forward`` for white-box attacks).
         seconds: wall time of the whole call.
@@ -43,6 +48,7 @@ class AttackResult:
     distances: Tensor
     clean_correct: Tensor
     clean_pred: Tensor
+    already_at_target: Tensor
     n_forward: int
     n_backward: int
     n_queries: int
@@ -58,17 +64,29 @@ class AttackResult:
 
     @property
     def success_rate(self) -> Tensor:
-        """``(B,)`` fraction of examples that are adversarial (hit the target when targeted)."""
-        return self.success.float().mean(dim=1)
+        """``(B,)`` fraction of the ``N`` examples that the attack made adversarial.
+
+        Untargeted: misclassified after the attack (clean misclassifications included; :attr:`robust_accuracy`
+        is the measure of an untargeted run). Targeted: classified as the target after the attack but not
+        before it; examples :attr:`already_at_target` are not attack successes and do not count."""
+        success = self.success & ~self.already_at_target[None, :] if self.targeted else self.success
+        return success.float().mean(dim=1)
+
+    @property
+    def n_already_at_target(self) -> int:
+        """Number of examples already at their target before the attack (targeted runs; else 0)."""
+        return int(self.already_at_target.sum())
 
     def summary(self) -> list[dict[str, float]]:
-        """One JSON-ready dict per budget: eps, robust_accuracy (untargeted), success_rate, median/mean
-        distance of the successful examples (NaN when none succeeded)."""
+        """One JSON-ready dict per budget: eps, robust_accuracy (untargeted), success_rate (see
+        :attr:`success_rate`), median/mean distance of the successful examples (NaN when none; targeted:
+        examples already at their target excluded)."""
         rows = []
+        rates = self.success_rate
         for i, e in enumerate(self.eps):
-            ok = self.success[i]
+            ok = self.success[i] & ~self.already_at_target if self.targeted else self.success[i]
             dist = self.distances[i][ok].double()
-            row: dict[str, float] = {"eps": e, "success_rate": float(self.success_rate[i])}
+            row: dict[str, float] = {"eps": e, "success_rate": float(rates[i])}
             if not self.targeted:
                 row["robust_accuracy"] = float(self.robust_accuracy[i])
             row["median_distance"] = float(dist.median()) if dist.numel() else math.nan

@@ -34,12 +34,16 @@ class RFGSMConfig:
         check_choice("loss", self.loss, LOSSES)
 
 
+def _normal(like: Tensor, generator: torch.Generator) -> Tensor:
+    return _rand("normal", tuple(like.shape), like, generator)
+
+
 def _rfgsm_kernel(config: RFGSMConfig) -> Kernel:
     def kernel(ctx: AttackContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
         alpha = eps / 2 if config.random_step is None else config.random_step
-        noise = _rand("normal", tuple(x.shape), x, ctx.generator).sign_()
+        noise = ctx.random(_normal).rows().sign_()  # drawn per example: the same whatever the batch size
         x_rand = ctx.clip(x + alpha * noise)
-        _, grad, _ = ctx.value_and_grad(x_rand, lambda z: objective(config.loss, z, y, ctx.targeted))
+        _, grad, _ = ctx.value_and_grad(x_rand, lambda z: objective(config.loss, z, y, ctx.targeted, ctx.true_labels))
         return ctx.clip(x_rand + (eps - alpha) * grad.sign_())
 
     return kernel
@@ -74,7 +78,8 @@ def rfgsm(
             (targets when ``targeted``). eps: budget or list of budgets, raw input units. norm: ``linf`` only.
             random_step: ``α``, the length of the random step in raw units, ``0 <= α <= eps`` for every budget; ``None``
             (default) uses ``eps / 2`` per budget. loss: ``ce`` (default), ``margin`` or ``dlr``.
-            generator: the random signs; same seed, same result. batch_size: chunk size. true_labels: true
+            generator: the random signs, drawn per example; same seed, same result whatever the batch size.
+            batch_size: chunk size. true_labels: true
             classes of a targeted run (checked to differ from the targets).
 
     Example:

@@ -28,8 +28,12 @@ class EvalRecord:
         n: examples attacked. n_excluded: examples left out (a fixed target equal to the true class).
         clean_accuracy: accuracy on the clean examples attacked.
         results: one row per budget: ``eps``, ``robust_accuracy`` (accuracy w.r.t. the true classes on the
-            adversarial inputs), ``success_rate`` (untargeted: misclassified; targeted: the target hit),
+            adversarial inputs), ``success_rate`` (untargeted: misclassified; targeted: the target hit by the
+            attack, over all ``n`` examples, those already at their target before it not counted),
             ``median_distance`` / ``mean_distance`` of the successful examples (NaN when none).
+        n_already_at_target: targeted runs: examples the model already assigned to their target before the
+            attack (attacked, but not counted as successes; an ``AlreadyAtTargetWarning`` says so); 0 when
+            untargeted.
         n_forward / n_backward / n_queries: cost, per example evaluated (target choice included).
         seconds: wall time. result: the :class:`AttackResult` (not serialised).
         x / y: the examples attacked and their true classes (not serialised).
@@ -48,6 +52,7 @@ class EvalRecord:
     result: AttackResult = field(repr=False)
     x: Tensor = field(repr=False)
     y: Tensor = field(repr=False)
+    n_already_at_target: int = 0
 
     @property
     def targeted(self) -> bool:
@@ -58,7 +63,8 @@ class EvalRecord:
         """A strict-JSON dict of the record (NaN and inf become ``None``)."""
         return json_safe({
             "attack": self.attack, "config": self.config, "n": self.n, "n_excluded": self.n_excluded,
-            "targeted": self.targeted, "clean_accuracy": self.clean_accuracy, "results": self.results,
+            "n_already_at_target": self.n_already_at_target, "targeted": self.targeted,
+            "clean_accuracy": self.clean_accuracy, "results": self.results,
             "n_forward": self.n_forward, "n_backward": self.n_backward, "n_queries": self.n_queries,
             "seconds": self.seconds,
             "examples_per_second": self.n / self.seconds if self.seconds > 0 else None,
@@ -115,7 +121,10 @@ def evaluate_attack(
         eps: one budget or several (raw input units; for ``l0``, numbers of features).
         targets: ``None`` for an untargeted run; ``"least-likely"``, ``"random"`` or a class index to choose
             targets with :func:`advlab.threat.choose_targets` (examples whose true class is a fixed target are
-            left out and counted in ``n_excluded``); or a ``(N,)`` tensor of targets.
+            left out and counted in ``n_excluded``); or a ``(N,)`` tensor of targets. Examples the model
+            already assigns to their target (e.g. a misclassified example whose random target is its clean
+            prediction) are attacked but not counted as successes: ``n_already_at_target`` counts them and
+            the attack warns (``AlreadyAtTargetWarning``).
         batch_size: examples per chunk, batched by the attack engine (default: all at once).
         generator: randomness of random starts and random targets; same seed, same record.
         show_progress: a progress bar over the examples on stderr (tqdm).
@@ -160,6 +169,7 @@ def evaluate_attack(
         clean_accuracy=float((result.clean_pred == y).double().mean()), results=_rows(result, y),
         n_forward=result.n_forward + extra_forward, n_backward=result.n_backward,
         n_queries=result.n_queries + extra_forward, seconds=time.perf_counter() - t0, result=result, x=x, y=y,
+        n_already_at_target=result.n_already_at_target,
     )
 
 
