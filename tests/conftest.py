@@ -27,6 +27,28 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+def tiny_cnn(bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0, num_classes: int = 4) -> torch.nn.Module:
+    """A small CNN for ``(N, 1, 6, 6)`` inputs with BatchNorm and dropout (so train and eval mode differ), fixed
+    weights and BatchNorm statistics from ``seed``, inside a ``Classifier`` that normalises (mean 0.5, std 0.3).
+    A plain builder (``from conftest import tiny_cnn``) so that hypothesis tests and helpers can call it."""
+    from torch import nn
+
+    from advlab.models import Classifier
+
+    gen = torch.Generator().manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.3), nn.Linear(64, num_classes)
+    )
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.8)
+        bn = net[1]
+        assert isinstance(bn, nn.BatchNorm2d)
+        bn.running_mean.copy_(torch.randn(4, generator=gen) * 0.1)
+        bn.running_var.copy_(torch.rand(4, generator=gen) + 0.5)
+    return Classifier(net, bounds=bounds, mean=[0.5], std=[0.3])
+
+
 @pytest.fixture(scope="session")
 def shared_data_root() -> Path:
     """``../shared/data`` beside the checkout (MNIST, Fashion-MNIST, CIFAR-10 subset); skips when absent."""

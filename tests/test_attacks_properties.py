@@ -20,6 +20,7 @@ from torch import nn
 from advlab.attacks import AlreadyAtTargetWarning, AttackContext, AttackResult, attack_spec, get_attack, list_attacks
 from advlab.models.classifier import Classifier
 from advlab.threat import LpBall, is_adversarial, lp_norm, random_targets
+from conftest import tiny_cnn
 
 NUM_CLASSES = 4
 SHAPE = (1, 6, 6)
@@ -47,19 +48,10 @@ def accepts(name: str, arg: str) -> bool:
 
 
 def tiny_model(bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0) -> Classifier:
-    """A small CNN with BatchNorm and dropout (so train and eval mode differ), weights from a fixed seed."""
-    gen = torch.Generator().manual_seed(seed)
-    net = nn.Sequential(
-        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.3), nn.Linear(64, NUM_CLASSES)
-    )
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.8)
-        bn = net[1]
-        assert isinstance(bn, nn.BatchNorm2d)
-        bn.running_mean.copy_(torch.randn(4, generator=gen) * 0.1)
-        bn.running_var.copy_(torch.rand(4, generator=gen) + 0.5)
-    return Classifier(net, bounds=bounds, mean=[0.5], std=[0.3])
+    """The shared tiny CNN (conftest.tiny_cnn) for this file's shape and classes."""
+    model = tiny_cnn(bounds, seed, NUM_CLASSES)
+    assert isinstance(model, Classifier)
+    return model
 
 
 def random_inputs(n: int, bounds: tuple[float, float], seed: int) -> tuple[torch.Tensor, torch.Tensor]:

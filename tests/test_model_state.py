@@ -13,6 +13,7 @@ from torch import nn
 
 from advlab.attacks import attack_spec, list_attacks
 from advlab.models.classifier import Classifier
+from conftest import tiny_cnn
 
 NUM_CLASSES = 4
 SHAPE = (1, 6, 6)
@@ -24,19 +25,10 @@ pytestmark = [
 
 
 def wrapped_model(seed: int = 0) -> Classifier:
-    """A Classifier around a net with BatchNorm and dropout (train and eval mode differ), fixed weights."""
-    gen = torch.Generator().manual_seed(seed)
-    net = nn.Sequential(
-        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Dropout(0.3), nn.Linear(64, NUM_CLASSES)
-    )
-    with torch.no_grad():
-        for p in net.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) * 0.8)
-        bn = net[1]
-        assert isinstance(bn, nn.BatchNorm2d)
-        bn.running_mean.copy_(torch.randn(4, generator=gen) * 0.1)
-        bn.running_var.copy_(torch.rand(4, generator=gen) + 0.5)
-    return Classifier(net, mean=[0.5], std=[0.3])
+    """The shared tiny CNN (conftest.tiny_cnn): BatchNorm and dropout, so train and eval mode differ."""
+    model = tiny_cnn(seed=seed, num_classes=NUM_CLASSES)
+    assert isinstance(model, Classifier)
+    return model
 
 
 def inputs(n: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
