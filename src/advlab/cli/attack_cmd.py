@@ -158,7 +158,6 @@ def attack_command(
     """
     from advlab.data import dataset_info
     from advlab.evaluate import attack_checkpoint
-    from advlab.models import load_checkpoint
     from advlab.report import save_record_grid
 
     budgets = parse_eps(eps_values)
@@ -188,7 +187,8 @@ def attack_command(
         json_out = write_text_output(json_out, text, overwrite=overwrite)
         if grid is not None:
             names = dataset_info(record.config["dataset"]).class_names
-            model = load_checkpoint(checkpoint, device=dev)
+            model = record.model  # the model attacked: the checkpoint is read once
+            assert model is not None
             grid = write_output(grid, lambda tmp: save_record_grid(record, model, tmp, class_names=names),
                                 overwrite=overwrite)
     _print_table(payload, json_out, grid)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ class EvalRecord:
         n_forward / n_backward / n_queries: cost, per example evaluated (target choice included).
         seconds: wall time. result: the :class:`AttackResult` (not serialised).
         x / y: the examples attacked and their true classes (not serialised).
+        model: the model attacked (not serialised), e.g. for an image grid of the record.
     """
 
     attack: str
@@ -53,6 +55,7 @@ class EvalRecord:
     x: Tensor = field(repr=False)
     y: Tensor = field(repr=False)
     n_already_at_target: int = 0
+    model: nn.Module | None = field(default=None, repr=False)
 
     @property
     def targeted(self) -> bool:
@@ -169,25 +172,21 @@ def evaluate_attack(
         clean_accuracy=float((result.clean_pred == y).double().mean()), results=_rows(result, y),
         n_forward=result.n_forward + extra_forward, n_backward=result.n_backward,
         n_queries=result.n_queries + extra_forward, seconds=time.perf_counter() - t0, result=result, x=x, y=y,
-        n_already_at_target=result.n_already_at_target,
+        n_already_at_target=result.n_already_at_target, model=model,
     )
 
 
-class _progress_bar:
+@contextmanager
+def _progress_bar(name: str, total: int) -> Iterator[None]:
     """A tqdm bar over the examples of one attack call, fed by the engine's progress hook."""
+    from tqdm import tqdm
 
-    def __init__(self, name: str, total: int) -> None:
-        from tqdm import tqdm
-
-        self.bar = tqdm(total=total, desc=name, unit="ex", file=sys.stderr, dynamic_ncols=True)
-        self.hook = progress(lambda done, _total: self.bar.update(done - self.bar.n))
-
-    def __enter__(self) -> None:
-        self.hook.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self.hook.__exit__(None, None, None)
-        self.bar.close()
+    bar = tqdm(total=total, desc=name, unit="ex", file=sys.stderr, dynamic_ncols=True)
+    try:
+        with progress(lambda done, _total: bar.update(done - bar.n)):
+            yield
+    finally:
+        bar.close()
 
 
 def _num_classes(model: nn.Module, x: Tensor) -> int:
