@@ -21,7 +21,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from advlab._files import OutputBusyError, atomic_write, hold_lock, make_dirs, remove_empty_dirs
+from advlab._files import OutputBusyError, hold_lock, make_dirs, remove_empty_dirs
+from advlab.cli._outputs import write_output
 from advlab.models import (
     CheckpointExistsError,
     Classifier,
@@ -74,7 +75,7 @@ def _is_root() -> bool:
 # ---------------------------------------------------------------- the _files helpers
 
 
-def test_atomic_write_replaces_whole_and_leaves_nothing_on_failure(tmp_path: Path) -> None:
+def test_an_output_is_replaced_whole_and_nothing_is_left_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "a.txt"
     target.write_text("old")
 
@@ -83,9 +84,9 @@ def test_atomic_write_replaces_whole_and_leaves_nothing_on_failure(tmp_path: Pat
         raise RuntimeError("crash while writing")
 
     with pytest.raises(RuntimeError):
-        atomic_write(target, fail)
+        write_output(target, fail, overwrite=True)
     assert target.read_text() == "old" and _files(tmp_path) == ["a.txt"]
-    atomic_write(target, lambda tmp: tmp.write_text("new"))
+    write_output(target, lambda tmp: tmp.write_text("new"), overwrite=True)
     assert target.read_text() == "new" and _files(tmp_path) == ["a.txt"]
 
 

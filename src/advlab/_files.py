@@ -2,9 +2,10 @@
 
 Three tools for the house rule "files are sacred":
 
-* :func:`write_durably` and :func:`atomic_write`: a file is written under a temporary name in the target's
-  directory (same file system), flushed to disk (``fsync``) and renamed over the target with ``os.replace``,
-  so a crash at any moment leaves the old file or the new one whole, never a mix.
+* :func:`write_durably` and :func:`fsync_dir`: a file written under a temporary name in the target's
+  directory (same file system) is flushed to disk (``fsync``) before it is renamed over the target, and the
+  rename itself is flushed, so a crash at any moment leaves the old file or the new one whole, never a mix
+  (the renames are the callers': ``cli/_outputs.write_output``, the checkpoint writer).
 * :func:`hold_lock`: an exclusive lock on a lock file (``flock``), so two processes cannot write one output
   at once; the second gets :class:`OutputBusyError` at once, naming the holder's pid. The kernel drops the
   lock when its holder dies (even by ``SIGKILL``), so a stale lock file never blocks anyone. The lock is
@@ -19,7 +20,7 @@ Example:
     >>> out = Path(tempfile.mkdtemp()) / "run"
     >>> created = make_dirs(out)
     >>> with hold_lock(out / ".advlab.lock", f"{str(out)!r}"):
-    ...     atomic_write(out / "a.txt", lambda tmp: tmp.write_text("hello"))
+    ...     write_durably(out / "a.txt", lambda tmp: tmp.write_text("hello"))
     >>> (out / "a.txt").read_text(), sorted(p.name for p in out.iterdir())
     ('hello', ['a.txt'])
 """
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,7 +36,6 @@ from pathlib import Path
 
 __all__ = [
     "OutputBusyError",
-    "atomic_write",
     "fsync_dir",
     "hold_lock",
     "make_dirs",
@@ -71,23 +70,6 @@ def write_durably(path: Path, write: Callable[[Path], object]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> None:
-    """Writes ``path`` atomically: ``write(tmp)`` fills a temporary file next to it, which is flushed to disk
-    and renamed over ``path``; a crash leaves the old ``path`` or the new one, and never a temporary file
-    in its place. The temporary file is removed if ``write`` fails."""
-    target = Path(path)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write_durably(tmp, write)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(target.parent)
 
 
 def _write_error(path: Path, err: OSError, action: str) -> OSError:
