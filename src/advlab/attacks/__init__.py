@@ -10,6 +10,7 @@ from __future__ import annotations
 from advlab.attacks._apgd import APGDConfig, apgd
 from advlab.attacks._bim import BIMConfig, bim, bim_schedule, illc
 from advlab.attacks._context import AttackContext, Kernel
+from advlab.attacks._craft import craft, craft_config, craftable
 from advlab.attacks._cw import CWConfig, CWLinfConfig, cw, cw_linf
 from advlab.attacks._deepfool import DeepFoolConfig, deepfool
 from advlab.attacks._engine import run_attack
@@ -57,6 +58,9 @@ __all__ = [
     "apgd",
     "attack_mode",
     "attack_spec",
+    "craft",
+    "craft_config",
+    "craftable",
     "bim",
     "bim_schedule",
     "ce_objective",

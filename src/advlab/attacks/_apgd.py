@@ -130,7 +130,7 @@ def _apgd_kernel(config: APGDConfig, norm: str) -> Kernel:
     return kernel
 
 
-@register_attack("apgd", norms=("linf", "l2"), config=APGDConfig)
+@register_attack("apgd", norms=("linf", "l2"), config=APGDConfig, kernel=_apgd_kernel)
 def apgd(
     model: nn.Module,
     x: Tensor,

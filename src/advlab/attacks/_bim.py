@@ -66,7 +66,7 @@ def _bim_kernel(config: BIMConfig, norm: str) -> Kernel:
     return kernel
 
 
-@register_attack("bim", norms=("linf", "l2", "l1"), config=BIMConfig)
+@register_attack("bim", norms=("linf", "l2", "l1"), config=BIMConfig, kernel=_bim_kernel)
 def bim(
     model: nn.Module,
     x: Tensor,

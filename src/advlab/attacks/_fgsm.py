@@ -41,7 +41,7 @@ def _fgm_kernel(config: FGMConfig, norm: str) -> Kernel:
     return kernel
 
 
-@register_attack("fgm", norms=("l2", "linf", "l1"), config=FGMConfig)
+@register_attack("fgm", norms=("l2", "linf", "l1"), config=FGMConfig, kernel=_fgm_kernel)
 def fgm(
     model: nn.Module,
     x: Tensor,
@@ -83,7 +83,7 @@ def fgm(
     )
 
 
-@register_attack("fgsm", norms=("linf",), config=FGMConfig)
+@register_attack("fgsm", norms=("linf",), config=FGMConfig, kernel=_fgm_kernel)
 def fgsm(
     model: nn.Module,
     x: Tensor,

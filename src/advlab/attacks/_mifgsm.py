@@ -76,7 +76,7 @@ def _mifgsm_kernel(config: MIFGSMConfig, norm: str) -> Kernel:
     return kernel
 
 
-@register_attack("mifgsm", norms=("linf", "l2"), config=MIFGSMConfig)
+@register_attack("mifgsm", norms=("linf", "l2"), config=MIFGSMConfig, kernel=_mifgsm_kernel)
 def mifgsm(
     model: nn.Module,
     x: Tensor,

@@ -107,7 +107,7 @@ def _pgd_kernel(config: PGDConfig, norm: str) -> Kernel:
     return kernel
 
 
-@register_attack("pgd", norms=("linf", "l2", "l1"), config=PGDConfig)
+@register_attack("pgd", norms=("linf", "l2", "l1"), config=PGDConfig, kernel=_pgd_kernel)
 def pgd(
     model: nn.Module,
     x: Tensor,

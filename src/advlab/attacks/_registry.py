@@ -10,6 +10,9 @@ from typing import Any
 from advlab._registry import Registry
 from advlab.attacks._result import AttackResult
 
+# A kernel factory: ``kernel(config, norm) -> Kernel`` (see :mod:`advlab.attacks._context`).
+KernelFactory = Callable[[Any, str], Callable[..., Any]]
+
 # Arguments every attack function takes besides its hyper-parameters (the config's fields).
 CALL_ARGS = ("model", "x", "y", "eps", "norm", "targeted", "generator", "batch_size", "true_labels")
 
@@ -25,6 +28,8 @@ class AttackSpec:
             function's keyword arguments beyond :data:`CALL_ARGS` (a test checks that they agree).
         targeted: whether it has a targeted mode. min_norm: a minimum-norm attack (run once, projected
             onto every budget). summary: the first line of the function's docstring.
+        kernel: ``kernel(config, norm)`` builds the attack's kernel, for :func:`~advlab.attacks.craft` (the
+            lean path of adversarial training); ``None`` for attacks not offered there.
     """
 
     name: str
@@ -34,6 +39,7 @@ class AttackSpec:
     targeted: bool
     min_norm: bool
     summary: str
+    kernel: KernelFactory | None = None
 
     @property
     def default_norm(self) -> str:
@@ -49,16 +55,19 @@ ATTACKS: Registry[AttackSpec] = Registry("attack")
 
 
 def register_attack(
-    name: str, *, norms: tuple[str, ...], config: type, targeted: bool = True, min_norm: bool = False
+    name: str, *, norms: tuple[str, ...], config: type, targeted: bool = True, min_norm: bool = False,
+    kernel: KernelFactory | None = None,
 ) -> Callable[[Callable[..., AttackResult]], Callable[..., AttackResult]]:
     """Registers an attack function under ``name`` with its config dataclass and the norms it supports
-    (the first is its default)."""
+    (the first is its default); ``kernel(config, norm)``, when given, makes it available to
+    :func:`~advlab.attacks.craft`."""
     if not (dataclasses.is_dataclass(config) and isinstance(config, type)):
         raise TypeError(f"config of attack {name!r} must be a dataclass type, got {config!r}")
 
     def decorator(fn: Callable[..., AttackResult]) -> Callable[..., AttackResult]:
         doc = (fn.__doc__ or "").strip().splitlines()
-        ATTACKS.register(name)(AttackSpec(name, fn, norms, config, targeted, min_norm, doc[0] if doc else ""))
+        summary = doc[0] if doc else ""
+        ATTACKS.register(name)(AttackSpec(name, fn, norms, config, targeted, min_norm, summary, kernel))
         return fn
 
     return decorator

@@ -49,7 +49,7 @@ def _rfgsm_kernel(config: RFGSMConfig) -> Kernel:
     return kernel
 
 
-@register_attack("rfgsm", norms=("linf",), config=RFGSMConfig)
+@register_attack("rfgsm", norms=("linf",), config=RFGSMConfig, kernel=lambda config, norm: _rfgsm_kernel(config))
 def rfgsm(
     model: nn.Module,
     x: Tensor,

@@ -1,18 +1,26 @@
-"""Defenses: adversarial-training step functions, detectors and input transformations.
+"""Defenses: adversarial training (step functions of the one training engine), the defenses known to fail
+with the adaptive attacks that break them, detectors, and model families claimed to resist attacks.
 
-Entries register with :data:`DEFENSES`; ``list_defenses()`` names them.
+Every defense is registered (:func:`list_defenses`, ``advlab list defenses``) with its kind and typed options
+(:class:`DefenseSpec`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from advlab.defenses._registry import (
+    DEFENSES,
+    KINDS,
+    DefenseSpec,
+    defense_spec,
+    list_defenses,
+    register_defense,
+)
 
-from advlab._registry import Registry
-
-DEFENSES: Registry[Any] = Registry("defense")
-register_defense = DEFENSES.register
-
-
-def list_defenses() -> list[str]:
-    """Names of the registered defenses."""
-    return DEFENSES.names()
+__all__ = [
+    "DEFENSES",
+    "KINDS",
+    "DefenseSpec",
+    "defense_spec",
+    "list_defenses",
+    "register_defense",
+]

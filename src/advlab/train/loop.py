@@ -97,7 +97,9 @@ def fit(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    y_train = _check_data(x_train, y_train, "train")
+    if not callable(step):
+        raise TypeError("step must be a function step(model, x, y, ctx) -> StepOutput")
+    y_train = _check_data(x_train, y_train, "train", unlabelled=bool(getattr(step, "accepts_unlabelled", False)))
     if (x_val is None) != (y_val is None):
         raise ValueError("give both x_val and y_val for validation, or neither")
     if x_val is not None and y_val is not None:
@@ -105,8 +107,6 @@ def fit(
     check_int("epochs", epochs)
     check_int("batch_size", batch_size)
     check_int("seed", seed, minimum=_SEED_MIN, maximum=_SEED_MAX)
-    if not callable(step):
-        raise TypeError("step must be a function step(model, x, y, ctx) -> StepOutput")
     check_optional("grad_clip", grad_clip, check_float, inclusive=False)
     for cb in callbacks:
         if not isinstance(cb, Callback):
@@ -209,6 +209,7 @@ def _train_epoch(
         ctx = StepContext(
             epoch=state.epoch, epochs=state.epochs, batch=b, step=state.step,
             steps_per_epoch=len(slices), generator=step_gen, device=dev, optimizer=opt,
+            module=getattr(model, "module", model) if _is_ddp(model) else model,
         )
         out = step(model, xb, yb, ctx)
         if not isinstance(out, StepOutput):
@@ -218,10 +219,13 @@ def _train_epoch(
         n = stop - start
         # One host sync per step for the numbers.
         if out.logits is not None:
+            labelled = yb >= 0
             hits = (out.logits.detach().argmax(dim=1) == yb).sum().to(out.loss.dtype)
-            loss_v, hits_v = torch.stack([out.loss.detach().reshape(()), hits]).tolist()
+            loss_v, hits_v, labelled_v = torch.stack(
+                [out.loss.detach().reshape(()), hits, labelled.sum().to(out.loss.dtype)]
+            ).tolist()
             correct += round(hits_v)
-            counted += n
+            counted += round(labelled_v)
         else:
             loss_v = float(out.loss.detach())
         if not math.isfinite(loss_v):
@@ -229,12 +233,13 @@ def _train_epoch(
                 f"training loss became {loss_v} at epoch {state.epoch}, batch {b}; lower the learning "
                 f"rate or set grad_clip"
             )
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         lr_used = float(opt.param_groups[0]["lr"])
-        opt.step()
+        if not out.applied:
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            if grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            opt.step()
         if scheduler is not None:
             scheduler.step()
         state.step += 1
@@ -308,8 +313,9 @@ def evaluate_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 
     return int(correct) / len(x)
 
 
-def _check_data(x: Tensor, y: Tensor, what: str) -> Tensor:
-    """Validates an ``(x, y)`` pair and returns ``y`` as int64."""
+def _check_data(x: Tensor, y: Tensor, what: str, *, unlabelled: bool = False) -> Tensor:
+    """Validates an ``(x, y)`` pair and returns ``y`` as int64; with ``unlabelled``, ``-1`` marks an
+    unlabelled example."""
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
         raise TypeError(f"{what} inputs and labels must be torch.Tensors, got {type(x).__name__}, "
                         f"{type(y).__name__}")
@@ -323,9 +329,15 @@ def _check_data(x: Tensor, y: Tensor, what: str) -> Tensor:
                          f"first dimension N >= 1")
     if len(x) == 0:
         raise ValueError(f"{what} data is empty; pass at least one example")
-    if int(y.min()) < 0:
-        raise ValueError(f"{what} labels must be class indices >= 0, got {int(y.min())}")
+    low = -1 if unlabelled else 0
+    if int(y.min()) < low:
+        extra = " or -1 (unlabelled)" if unlabelled else ""
+        raise ValueError(f"{what} labels must be class indices >= 0{extra}, got {int(y.min())}")
     return y.long()
+
+
+def _is_ddp(model: nn.Module) -> bool:
+    return isinstance(model, torch.nn.parallel.DistributedDataParallel)
 
 
 def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:

@@ -28,7 +28,11 @@ class StepContext:
         generator: a ``torch.Generator`` on the training device, seeded from ``fit``'s ``seed``; use it for
             any randomness of the step (random starts of an attack, noise), never the global RNG.
         device: the training device.
-        optimizer: the optimizer of this ``fit`` (read-only use is expected; the loop steps it).
+        optimizer: the optimizer of this ``fit`` (the loop steps it, unless the step applies its own updates:
+            see :attr:`StepOutput.applied`).
+        module: the model itself when ``model`` is a wrapper that synchronises gradients across processes
+            (``DistributedDataParallel``), else ``model``: craft adversarial inputs with it, so that gradients
+            taken only with respect to the inputs start no synchronisation.
     """
 
     epoch: int
@@ -39,6 +43,7 @@ class StepContext:
     generator: torch.Generator
     device: torch.device
     optimizer: torch.optim.Optimizer
+    module: nn.Module | None = None
 
 
 @dataclass
@@ -51,17 +56,24 @@ class StepOutput:
             accuracy, or ``None`` to leave this batch out of the accuracy.
         metrics: extra per-batch numbers (e.g. ``{"adv_accuracy": 0.4}``); the loop averages each one
             over the epoch, weighted by batch size, and records it in the epoch's metrics.
+        applied: the step has already applied its own optimizer updates (free adversarial training replays
+            each batch and updates the weights on every replay); the loop then neither back-propagates
+            ``loss`` nor steps the optimizer (nor clips gradients), but still steps the schedule once and
+            records ``loss`` and ``logits``.
     """
 
     loss: Tensor
     logits: Tensor | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    applied: bool = False
 
 
 StepFn = Callable[[nn.Module, Tensor, Tensor, StepContext], StepOutput]
 """Signature of a step function: ``step(model, x, y, ctx) -> StepOutput``.
 
 ``x`` ``(N, C, H, W)`` and ``y`` ``(N,)`` are already on ``ctx.device`` and the model is in train mode.
+A step function with the attribute ``accepts_unlabelled = True`` (semi-supervised training) may receive
+labels ``-1`` for unlabelled examples; the loop leaves those out of the train accuracy.
 """
 
 
