@@ -17,9 +17,10 @@ from typing import Any
 
 import click
 
-from advlab.cli._options import config_options, given_options
+from advlab.cli._options import config_options, flag, given_options, union_fields
 from advlab.cli._outputs import echo_json
 from advlab.cli.common import common_options, resolve_device
+from advlab.defenses import defense_recipe, defense_spec, list_defenses, train_defended
 from advlab.models import CheckpointExistsError, reserve_checkpoint
 from advlab.train import (
     OPTIMIZERS,
@@ -45,21 +46,53 @@ recipe_options = config_options(
 )
 
 
+_DEFENSES = {name: defense_spec(name).config for name in list_defenses("training")}
+# Every option of every training defense: its type, the defenses that take it, whether optional.
+DEFENSE_FIELDS = union_fields(_DEFENSES)
+defense_options = config_options(
+    _DEFENSES, help={name: f"Defenses: {', '.join(f.owners)}" for name, f in DEFENSE_FIELDS.items()},
+    choices={"labels": ("predicted", "true"), "attack": ("fgsm", "rfgsm")},
+    default_text="(default: the defense's).",
+)
+
+
+def defense_params(defense: str | None, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The defense options the user set, checked against the defense: an option it does not take (or any
+    defense option without --defense) is an error, not silently ignored."""
+    params = given_options(given, DEFENSE_FIELDS)
+    if defense is None:
+        if params:
+            raise click.UsageError(f"{flag(next(iter(params)))} is an option of adversarial training; add "
+                                   f"--defense NAME (see `advlab list defenses`)")
+        return {}
+    fields = defense_spec(defense).defaults()
+    for key in params:
+        if key not in fields:
+            takes = ", ".join(flag(f) for f in fields) or "no options"
+            raise click.UsageError(f"defense {defense!r} does not take {flag(key)}; it takes {takes}")
+    return params
+
+
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())
 
 
-def recipe_from_options(model: str, data: str, values: Mapping[str, Any]) -> Recipe:
-    """The recipe of ``model`` on ``data`` with the options that were given (not ``None``) applied;
-    an optional field given as ``none`` becomes ``None``."""
-    return replace(get_recipe(model, data), **given_options(values, (f.name for f in fields(Recipe))))
+def recipe_from_options(model: str, data: str, values: Mapping[str, Any], defense: str | None = None) -> Recipe:
+    """The recipe of ``model`` on ``data`` (with ``defense``'s recommended settings) with the options that were
+    given (not ``None``) applied; an optional field given as ``none`` becomes ``None``."""
+    base = get_recipe(model, data) if defense is None else defense_recipe(defense, model, data)
+    return replace(base, **given_options(values, (f.name for f in fields(Recipe))))
 
 
 def _run(model: str, data: str, recipe: Recipe, device: str, seed: int, data_root: Path | None,
-         n_train: int | None, callbacks: Sequence[Callback]) -> TrainRun:
-    """:func:`train_model`, with the user's errors as one-line ``click`` exceptions."""
+         n_train: int | None, callbacks: Sequence[Callback], defended: Mapping[str, Any] | None = None) -> TrainRun:
+    """:func:`train_model` (or :func:`~advlab.defenses.train_defended` with ``defended``'s arguments), with the
+    user's errors as one-line ``click`` exceptions."""
     dev = resolve_device(device)
     try:
+        if defended is not None:
+            return train_defended(model, data, recipe=recipe, seed=seed, device=dev, data_root=data_root,
+                                  n_train=n_train, callbacks=callbacks, **defended)
         return train_model(model, data, recipe, seed=seed, device=dev, data_root=data_root, n_train=n_train,
                            callbacks=callbacks)
     except (ValueError, OSError, FloatingPointError) as err:
@@ -92,6 +125,25 @@ def _save(run: TrainRun, out: Path, overwrite: bool) -> Path:
         raise click.ClickException(_one_line(err)) from err
 
 
+def _defended(defense: str | None, eps: float | None, norm: str | None, static: tuple[Path, ...],
+              labelled: int | None, held_out: int | None, values: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The arguments of :func:`~advlab.defenses.train_defended` beyond the run's, or ``None`` without --defense;
+    the defense's options without --defense (or one it does not take) are usage errors."""
+    options = defense_params(defense, values)
+    if defense is None:
+        for name, value in (("--eps", eps), ("--norm", norm), ("--labelled", labelled), ("--held-out", held_out)):
+            if value is not None:
+                raise click.UsageError(f"{name} is an option of adversarial training; add --defense NAME "
+                                       f"(see `advlab list defenses`)")
+        if static:
+            raise click.UsageError("--static is an option of ensemble-at; add --defense ensemble-at")
+        return None
+    if eps is None:
+        raise click.UsageError(f"--defense {defense} needs a budget: add --eps (raw input units, e.g. 0.3 on MNIST)")
+    return {"defense": defense, "eps": eps, "norm": norm, "options": options, "static": list(static),
+            "labelled": labelled, "held_out": held_out}
+
+
 _overwrite_option = click.option("--overwrite", is_flag=True,
                                  help="Replace a checkpoint already in --out (else the command refuses at once).")
 
@@ -101,6 +153,19 @@ _overwrite_option = click.option("--overwrite", is_flag=True,
               help="Model name (see `advlab list models`).")
 @click.option("--data", default="digits", show_default=True, help="Dataset name (see `advlab list datasets`).")
 @recipe_options
+@click.option("--defense", type=click.Choice(list_defenses("training")), default=None,
+              help="Adversarial training method (see `advlab list defenses`); its recommended recipe is the default.")
+@click.option("--eps", type=float, default=None, help="Budget of --defense, raw input units (MNIST linf: 0.3).")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default=None,
+              help="Threat model of --defense (default: the defense's).")
+@defense_options
+@click.option("--static", "static", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="ensemble-at: a static, separately trained checkpoint (repeat the option for several).")
+@click.option("--labelled", type=click.IntRange(min=1), default=None,
+              help="vat: how many training examples keep their labels (the rest are used unlabelled).")
+@click.option("--held-out", type=click.IntRange(min=0), default=None,
+              help="--defense: training examples set aside for the per-epoch robustness check "
+                   "[default: min(500, N/10)].")
 @click.option("--n-train", type=click.IntRange(min=2), default=None,
               help="Train on a random subset of this many examples (quick runs).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -111,6 +176,12 @@ _overwrite_option = click.option("--overwrite", is_flag=True,
 def train_command(
     model_name: str,
     data: str,
+    defense: str | None,
+    eps: float | None,
+    norm: str | None,
+    static: tuple[Path, ...],
+    labelled: int | None,
+    held_out: int | None,
     n_train: int | None,
     out: Path | None,
     overwrite: bool,
@@ -118,22 +189,27 @@ def train_command(
     device: str,
     seed: int,
     data_root: Path | None,
-    **recipe_values: Any,
+    **values: Any,
 ) -> None:
     """Train a zoo model on a dataset, save the checkpoint and print a JSON summary.
 
-    Unset hyper-parameters come from the model's recipe (advlab.train.recipes); optional ones
-    (--schedule, --grad-clip) also take `none`. Accuracies in the summary are fractions in [0, 1];
-    train_accuracy is the running accuracy of the last epoch.
+    Unset hyper-parameters come from the model's recipe (advlab.train.recipes), or with --defense from the
+    defense's recommended recipe; optional ones (--schedule, --grad-clip) also take `none`. Accuracies in
+    the summary are fractions in [0, 1]; train_accuracy is the running accuracy of the last epoch. With
+    --defense the progress bar shows clean and robust accuracy (a fixed PGD at --eps) on held-out training
+    examples after every epoch, and the checkpoint records the defense and its options.
 
     \b
-    Example:
+    Examples:
       advlab train --model cnn-small --data mnist --epochs 2 --out runs/mnist-cnn
+      advlab train --model cnn-small --data mnist --defense fast-at --eps 0.3 --out runs/mnist-fast-at
     """
-    recipe = recipe_from_options(model_name, data, recipe_values)
-    with _reserved(out if out is not None else Path("runs") / f"{model_name}-{data}", overwrite) as target:
+    defended = _defended(defense, eps, norm, static, labelled, held_out, values)
+    recipe = recipe_from_options(model_name, data, values, defense)
+    default_out = Path("runs") / (f"{model_name}-{data}" + (f"-{defense}" if defense else ""))
+    with _reserved(out if out is not None else default_out, overwrite) as target:
         run = _run(model_name, data, recipe, device, seed, data_root, n_train,
-                   [] if no_progress else [ProgressBar()])
+                   [] if no_progress else [ProgressBar()], defended)
         path = _save(run, target, overwrite)
     echo_json({**run.summary, "checkpoint": str(path)})
 

@@ -7,6 +7,15 @@ Every defense is registered (:func:`list_defenses`, ``advlab list defenses``) wi
 
 from __future__ import annotations
 
+from advlab.defenses._adversarial import (
+    EnsembleATConfig,
+    FastATConfig,
+    FGSMATConfig,
+    FreeATConfig,
+    PGDATConfig,
+    RFGSMATConfig,
+)
+from advlab.defenses._monitor import CatastrophicOverfittingWarning, MonitorConfig, RobustnessMonitor
 from advlab.defenses._registry import (
     DEFENSES,
     KINDS,
@@ -15,12 +24,27 @@ from advlab.defenses._registry import (
     list_defenses,
     register_defense,
 )
+from advlab.defenses._regularised import TRADESConfig, VATConfig
+from advlab.defenses._train import defense_recipe, train_defended
 
 __all__ = [
     "DEFENSES",
     "KINDS",
+    "CatastrophicOverfittingWarning",
     "DefenseSpec",
+    "EnsembleATConfig",
+    "FGSMATConfig",
+    "FastATConfig",
+    "FreeATConfig",
+    "MonitorConfig",
+    "PGDATConfig",
+    "RFGSMATConfig",
+    "RobustnessMonitor",
+    "TRADESConfig",
+    "VATConfig",
+    "defense_recipe",
     "defense_spec",
     "list_defenses",
     "register_defense",
+    "train_defended",
 ]

@@ -39,6 +39,8 @@ class DefenseSpec:
             defense's targets in ``benchmarks/README.md``.
         semi_supervised: trains on labelled plus unlabelled data (``labelled=N``).
         uses_static: takes static, separately trained models (``static=[...]``).
+        checks_overfitting: single-step training whose held-out check flags catastrophic overfitting (and
+            restores the most robust epoch) by default.
     """
 
     name: str
@@ -51,6 +53,7 @@ class DefenseSpec:
     recipes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     semi_supervised: bool = False
     uses_static: bool = False
+    checks_overfitting: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -129,6 +129,10 @@ class ProgressBar(Callback):
         self._close()
 
 
+# Metrics the bar shows, with their labels (the held-out ones come from advlab.defenses.RobustnessMonitor).
+_SHOWN = {"loss": "loss", "accuracy": "accuracy", "val_accuracy": "val_accuracy",
+          "held_clean_accuracy": "clean", "held_robust_accuracy": "robust"}
+
+
 def _postfix(metrics: dict[str, float]) -> dict[str, str]:
-    keys = ("loss", "accuracy", "val_accuracy")
-    return {k: f"{metrics[k]:.4f}" for k in keys if k in metrics}
+    return {label: f"{metrics[k]:.4f}" for k, label in _SHOWN.items() if k in metrics}

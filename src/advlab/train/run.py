@@ -25,8 +25,9 @@ from advlab.models import Classifier, create_model, list_models, save_checkpoint
 from advlab.train.callbacks import Callback
 from advlab.train.loop import _SEED_MAX, _SEED_MIN, TrainHistory, evaluate_accuracy, fit
 from advlab.train.recipes import Recipe, get_recipe, prepare_model
+from advlab.train.steps import StepFn, standard_step
 
-__all__ = ["TrainRun", "save_run", "train_model"]
+__all__ = ["TrainRun", "load_training_data", "save_run", "train_model"]
 
 TrainData = str | tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor, Tensor]
 
@@ -64,6 +65,7 @@ def train_model(
     n_train: int | None = None,
     callbacks: Sequence[Callback] = (),
     threads: int | None = None,
+    step: StepFn = standard_step,
 ) -> TrainRun:
     """Builds the zoo model ``model``, trains it on ``data`` with ``recipe`` and tests it.
 
@@ -91,6 +93,8 @@ def train_model(
             uses them all.
         callbacks: :class:`~advlab.train.Callback` objects for ``fit`` (e.g. a progress bar).
         threads: torch's intra-op threads during the run (restored after); ``None`` leaves them.
+        step: the step function (default :func:`~advlab.train.standard_step`); adversarial training passes
+            its own (see :func:`advlab.defenses.train_defended`).
 
     Returns:
         A :class:`TrainRun`.
@@ -117,7 +121,7 @@ def train_model(
         raise TypeError(f"recipe must be an advlab.train.Recipe or None, got {type(recipe).__name__}")
     dev = torch.device("cpu") if device is None else torch.device(device)
 
-    x_train, y_train, test, dataset = _load(data, dataset, data_root)
+    x_train, y_train, test, dataset = load_training_data(data, dataset, data_root)
     if recipe is None:
         recipe = get_recipe(model, dataset)
     if n_train is not None and n_train < len(x_train):
@@ -136,7 +140,8 @@ def train_model(
         prepare_model(net, x_train, generator=torch.Generator().manual_seed(seed))
         prepare_seconds = time.perf_counter() - t0
         net.to(dev)
-        history = fit(net, x_train, y_train, seed=seed, device=dev, callbacks=callbacks, **recipe.fit_kwargs())
+        history = fit(net, x_train, y_train, seed=seed, device=dev, callbacks=callbacks, step=step,
+                      **recipe.fit_kwargs())
         if test is not None:
             history.test_accuracy = evaluate_accuracy(net, *test)
         torch_threads = torch.get_num_threads()
@@ -180,14 +185,18 @@ def save_run(run: TrainRun, out: str | os.PathLike[str], *, overwrite: bool = Fa
     s = run.summary
     metrics = {k: s[k] for k in _METRICS}
     extra = {"recipe": s["recipe"], "device": s["device"], "history": run.history.to_dict()}
+    for key in ("defense", "monitor"):  # adversarial training (advlab.defenses.train_defended)
+        if key in s:
+            extra[key] = s[key]
     return save_checkpoint(run.model, out, dataset=s["data"], metrics=metrics, seed=s["seed"], extra=extra,
                            overwrite=overwrite)
 
 
-def _load(
+def load_training_data(
     data: TrainData, dataset: str | None, root: str | os.PathLike[str] | None
 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None, str | None]:
-    """``(x_train, y_train, (x_test, y_test) or None, dataset name or None)`` of ``data``."""
+    """``(x_train, y_train, (x_test, y_test) or None, dataset name or None)`` of ``data`` (a dataset name or
+    tensors, see :func:`train_model`), checked."""
     if isinstance(data, str):
         if data not in list_datasets():
             raise ValueError(f"unknown dataset {data!r}; valid names: {', '.join(list_datasets())}")

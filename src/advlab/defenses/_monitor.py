@@ -1,0 +1,141 @@
+"""Clean and robust accuracy on a held-out batch after every epoch, and the check for catastrophic overfitting.
+
+Single-step adversarial training can suddenly overfit to its own attack: accuracy under FGSM stays high while
+accuracy under PGD collapses towards zero within an epoch (Wong, Rice & Kolter 2020). :class:`RobustnessMonitor`
+measures both on a fixed held-out batch every epoch; with ``check_overfitting`` it flags the collapse, warns,
+and can stop and restore the weights of the most robust epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advlab.attacks import RobustnessWarning, fgsm, pgd
+from advlab.train.callbacks import Callback, TrainState
+
+
+class CatastrophicOverfittingWarning(RobustnessWarning):
+    """Single-step adversarial training overfitted: PGD accuracy on the held-out batch collapsed."""
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """The held-out check of every epoch.
+
+    Attributes:
+        steps: iterations of the fixed PGD (step ``2.5 * eps / steps``, one random start from a fixed seed).
+        drop: flag catastrophic overfitting when PGD accuracy falls this far (absolute) below its best epoch ...
+        gap: ... or when FGSM accuracy exceeds PGD accuracy by more than this (the signature of a model that
+            learned to defeat its single-step attack only).
+        min_fgsm: the gap counts only while FGSM accuracy is at least this (a model that is simply not robust
+            yet is not overfitting).
+    """
+
+    steps: int = 10
+    drop: float = 0.2
+    gap: float = 0.5
+    min_fgsm: float = 0.5
+
+
+class RobustnessMonitor(Callback):
+    """After every epoch: clean, FGSM and PGD accuracy of the model on a fixed held-out batch.
+
+    The numbers go into the epoch's metrics (``held_clean_accuracy``, ``held_fgsm_accuracy``,
+    ``held_robust_accuracy``; the progress bar shows them) and :attr:`epochs`. With ``check_overfitting`` an
+    epoch whose PGD accuracy collapses (see :class:`MonitorConfig`) is flagged in :attr:`events` with a
+    :class:`CatastrophicOverfittingWarning`; with ``restore_best`` training then stops and the weights of the
+    epoch with the highest PGD accuracy are restored.
+
+    Args:
+        x, y: the held-out batch (not trained on).
+        eps, norm: the budget of the check.
+        config: the check's settings.
+        check_overfitting: flag catastrophic overfitting.
+        restore_best: on a flag, stop and restore the most robust epoch's weights.
+        seed: seed of the PGD's random start (the same every epoch: a fixed attack).
+    """
+
+    def __init__(
+        self, x: Tensor, y: Tensor, *, eps: float, norm: str = "linf", config: MonitorConfig | None = None,
+        check_overfitting: bool = False, restore_best: bool = False, seed: int = 0,
+    ) -> None:
+        self.x, self.y = x, y
+        self.eps, self.norm = eps, norm
+        self.config = config or MonitorConfig()
+        self.check_overfitting = check_overfitting
+        self.restore_best = restore_best
+        self.seed = seed
+        self.epochs: list[dict[str, float]] = []
+        self.events: list[dict[str, Any]] = []
+        self.best_epoch: int | None = None
+        self.restored_epoch: int | None = None
+        self._best_state: dict[str, Tensor] | None = None
+
+    def measure(self, model: nn.Module) -> dict[str, float]:
+        """Clean, FGSM and PGD accuracy of ``model`` on the held-out batch."""
+        module = getattr(model, "module", model)
+        dev = next((p.device for p in module.parameters()), self.x.device)
+        x, y = self.x.to(dev), self.y.to(dev)
+        gen = torch.Generator(device=dev).manual_seed(self.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RobustnessWarning)
+            strong = pgd(module, x, y, eps=self.eps, norm=self.norm, steps=self.config.steps, generator=gen)
+            weak = fgsm(module, x, y, eps=self.eps) if self.norm == "linf" else None
+        clean = float(strong.clean_correct.float().mean())
+        robust = float((strong.clean_correct & ~strong.success[0]).float().mean())
+        single = robust if weak is None else float((weak.clean_correct & ~weak.success[0]).float().mean())
+        return {"held_clean_accuracy": clean, "held_fgsm_accuracy": single, "held_robust_accuracy": robust}
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        numbers = self.measure(state.model)
+        state.metrics.update(numbers)
+        if state.history:
+            state.history[-1].metrics.update(numbers)
+        self.epochs.append({"epoch": state.epoch, **numbers})
+        robust = numbers["held_robust_accuracy"]
+        best = max((e["held_robust_accuracy"] for e in self.epochs[:-1]), default=None)
+        if best is None or robust > best:
+            self.best_epoch = state.epoch
+            if self.restore_best:
+                module = getattr(state.model, "module", state.model)
+                self._best_state = copy.deepcopy(module.state_dict())
+        if not self.check_overfitting:
+            return
+        cfg = self.config
+        collapsed = best is not None and best - robust > cfg.drop
+        gap = numbers["held_fgsm_accuracy"] - robust
+        overfit = numbers["held_fgsm_accuracy"] >= cfg.min_fgsm and gap > cfg.gap
+        if collapsed or overfit:
+            reason = (f"PGD accuracy fell from {best:.3f} to {robust:.3f}" if collapsed
+                      else f"FGSM accuracy {numbers['held_fgsm_accuracy']:.3f} but PGD accuracy {robust:.3f}")
+            self.events.append({"epoch": state.epoch, "event": "catastrophic_overfitting", "reason": reason})
+            warnings.warn(
+                f"catastrophic overfitting at epoch {state.epoch + 1}: {reason} on the held-out batch; the model "
+                f"defeats its single-step attack only. Try a random start (fast-at), a smaller step size, fewer "
+                f"epochs or pgd-at" + ("; restoring the most robust epoch" if self.restore_best else ""),
+                CatastrophicOverfittingWarning, stacklevel=2,
+            )
+            if self.restore_best and self._best_state is not None and self.best_epoch is not None:
+                module = getattr(state.model, "module", state.model)
+                module.load_state_dict(self._best_state)
+                self.restored_epoch = self.best_epoch
+                state.stop_training = True
+
+    @property
+    def overfitted(self) -> bool:
+        """Whether catastrophic overfitting was flagged."""
+        return any(e["event"] == "catastrophic_overfitting" for e in self.events)
+
+    def report(self) -> dict[str, Any]:
+        """JSON-ready: the per-epoch numbers, the flags, the best and the restored epoch."""
+        return {
+            "eps": self.eps, "norm": self.norm, "held_out": int(self.x.shape[0]), "steps": self.config.steps,
+            "epochs": self.epochs, "events": self.events, "catastrophic_overfitting": self.overfitted,
+            "best_epoch": self.best_epoch, "restored_epoch": self.restored_epoch,
+        }
