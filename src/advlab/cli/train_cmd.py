@@ -5,17 +5,25 @@ print; the options of the hyper-parameters are built from the fields of :class:`
 ``--out`` is checked and locked (:func:`advlab.models.reserve_checkpoint`) before the data is loaded, so a
 conflicting or unwritable path, or one another process is writing, fails at once; an existing checkpoint is
 replaced only with ``--overwrite``.
+
+Under ``torchrun`` (``torchrun --nproc_per_node 2 -m advlab train ...``, see :mod:`advlab.train.distributed`)
+``advlab train`` runs in every process inside :func:`~advlab.train.distributed_session` (DDP: gloo on CPU, NCCL
+on CUDA with ``cuda:LOCAL_RANK``); process 0 alone reserves and writes ``--out``, shows the progress bar and
+warnings and prints the summary. A mistake found before training (an option, a global ``--batch-size`` that
+the processes cannot share, a refused ``--out``) is reported once, by process 0, and ends every process.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
+import torch
 
 from advlab.cli._options import config_options, flag, given_options, union_fields
 from advlab.cli._outputs import echo_json
@@ -33,6 +41,16 @@ from advlab.train import (
     save_run,
     train_model,
 )
+from advlab.train.distributed import (
+    PeerFailedError,
+    all_true,
+    check_batch_size,
+    distributed_session,
+    is_main_process,
+    world_size,
+)
+
+T = TypeVar("T")
 
 DEMO_MODEL = "cnn-small"
 DEMO_DATA = "digits"
@@ -46,7 +64,9 @@ recipe_options = config_options(
 )
 
 
-_DEFENSES = {name: defense_spec(name).config for name in list_defenses("training")}
+_DEFENSES: dict[str, type] = {
+    name: config for name in list_defenses("training") if (config := defense_spec(name).config) is not None
+}
 # Every option of every training defense: its type, the defenses that take it, whether optional.
 DEFENSE_FIELDS = union_fields(_DEFENSES)
 defense_options = config_options(
@@ -84,7 +104,7 @@ def recipe_from_options(model: str, data: str, values: Mapping[str, Any], defens
     return replace(base, **given_options(values, (f.name for f in fields(Recipe))))
 
 
-def _run(model: str, data: str, recipe: Recipe, device: str, seed: int, data_root: Path | None,
+def _run(model: str, data: str, recipe: Recipe, device: str | torch.device, seed: int, data_root: Path | None,
          n_train: int | None, callbacks: Sequence[Callback], defended: Mapping[str, Any] | None = None) -> TrainRun:
     """:func:`train_model` (or :func:`~advlab.defenses.train_defended` with ``defended``'s arguments), with the
     user's errors as one-line ``click`` exceptions."""
@@ -118,10 +138,54 @@ def _reserved(out: Path, overwrite: bool) -> Iterator[Path]:
 
 
 def _save(run: TrainRun, out: Path, overwrite: bool) -> Path:
-    """:func:`save_run`, with the user's errors as one-line ``click`` exceptions."""
+    """:func:`save_run` (under ``torchrun``: written by process 0, the others wait), with the user's errors as
+    one-line ``click`` exceptions; a process other than 0 ends quietly when process 0 failed (it says why)."""
     try:
         return save_run(run, out, overwrite=overwrite)
     except (ValueError, OSError) as err:
+        raise click.ClickException(_one_line(err)) from err
+    except PeerFailedError:
+        raise click.exceptions.Exit(1) from None
+
+
+@contextmanager
+def _distributed(device: str | torch.device) -> Iterator[torch.device]:
+    """:func:`~advlab.train.distributed_session` on the resolved ``--device`` (a no-op for one process), with
+    its refusals as one-line ``click`` exceptions; warnings show on process 0 only."""
+    with ExitStack() as stack:
+        try:
+            dev = stack.enter_context(distributed_session(resolve_device(device)))
+        except ValueError as err:
+            raise click.ClickException(_one_line(err)) from err
+        with warnings.catch_warnings():
+            if not is_main_process():
+                warnings.simplefilter("ignore")
+            yield dev
+
+
+def _on_every_process(check: Callable[[], T]) -> T:
+    """``check()``, in every process, then agreed on: when it failed anywhere, process 0 raises its error (the
+    same mistake in every process, reported once) and the other processes end quietly with its exit status.
+    For one process it is just ``check()``."""
+    if world_size() == 1:
+        return check()
+    failure: Exception | None = None
+    try:
+        result = check()
+    except Exception as err:
+        failure = err
+    if all_true(failure is None):
+        return result
+    if failure is not None and is_main_process():
+        raise failure
+    raise click.exceptions.Exit(getattr(failure, "exit_code", 1) if failure is not None else 1)
+
+
+def _check_batch_size(recipe: Recipe) -> None:
+    """The global ``--batch-size`` must split evenly over the processes (checked before ``--out`` is touched)."""
+    try:
+        check_batch_size(recipe.batch_size)
+    except ValueError as err:
         raise click.ClickException(_one_line(err)) from err
 
 
@@ -203,15 +267,33 @@ def train_command(
     Examples:
       advlab train --model cnn-small --data mnist --epochs 2 --out runs/mnist-cnn
       advlab train --model cnn-small --data mnist --defense fast-at --eps 0.3 --out runs/mnist-fast-at
+      torchrun --nproc_per_node 2 -m advlab train --model cnn-small --data mnist \
+        --defense fast-at --eps 0.3 --out runs/x
+
+    Under torchrun each process trains on its share of every global --batch-size (DistributedDataParallel);
+    process 0 writes the checkpoint and prints the summary.
     """
-    defended = _defended(defense, eps, norm, static, labelled, held_out, values)
-    recipe = recipe_from_options(model_name, data, values, defense)
-    default_out = Path("runs") / (f"{model_name}-{data}" + (f"-{defense}" if defense else ""))
-    with _reserved(out if out is not None else default_out, overwrite) as target:
-        run = _run(model_name, data, recipe, device, seed, data_root, n_train,
-                   [] if no_progress else [ProgressBar()], defended)
-        path = _save(run, target, overwrite)
-    echo_json({**run.summary, "checkpoint": str(path)})
+    with _distributed(device) as dev:
+
+        def parse() -> tuple[dict[str, Any] | None, Recipe]:
+            defended = _defended(defense, eps, norm, static, labelled, held_out, values)
+            recipe = recipe_from_options(model_name, data, values, defense)
+            _check_batch_size(recipe)
+            return defended, recipe
+
+        defended, recipe = _on_every_process(parse)
+        default_out = Path("runs") / (f"{model_name}-{data}" + (f"-{defense}" if defense else ""))
+        target = out if out is not None else default_out
+        with ExitStack() as stack:
+            if is_main_process():  # process 0 alone holds --out; the others wait for its verdict
+                target = _on_every_process(lambda: stack.enter_context(_reserved(target, overwrite)))
+            else:
+                _on_every_process(lambda: target)
+            run = _run(model_name, data, recipe, dev, seed, data_root, n_train,
+                       [] if no_progress else [ProgressBar()], defended)
+            path = _save(run, target, overwrite)
+        if is_main_process():
+            echo_json({**run.summary, "checkpoint": str(path)})
 
 
 @click.command("demo")

@@ -21,11 +21,22 @@ The loop on its own::
     model = create_model("cnn-small", dataset="digits")
     history = fit(model, x, y, seed=0, **get_recipe("cnn-small", "digits").fit_kwargs())
     print(history.epochs[-1].loss, evaluate_accuracy(model, *load_dataset("digits", "test")))
+
+Several processes (DistributedDataParallel, see :mod:`advlab.train.distributed`)::
+
+    torchrun --nproc_per_node 2 -m advlab train --model cnn-small --data mnist --defense fast-at --eps 0.3 --out runs/x
 """
 
 from __future__ import annotations
 
 from advlab.train.callbacks import Callback, ProgressBar, TrainState
+from advlab.train.distributed import (
+    distributed_session,
+    init_distributed,
+    is_main_process,
+    shutdown_distributed,
+    world_size,
+)
 from advlab.train.loop import EpochRecord, TrainHistory, evaluate_accuracy, fit
 from advlab.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_scheduler
 from advlab.train.recipes import DEFAULT_RECIPE, OVERRIDES, RECIPES, Recipe, get_recipe, prepare_model
@@ -48,13 +59,18 @@ __all__ = [
     "TrainHistory",
     "TrainRun",
     "TrainState",
+    "distributed_session",
     "evaluate_accuracy",
     "fit",
     "get_recipe",
+    "init_distributed",
+    "is_main_process",
     "make_optimizer",
     "make_scheduler",
     "prepare_model",
     "save_run",
+    "shutdown_distributed",
     "standard_step",
     "train_model",
+    "world_size",
 ]

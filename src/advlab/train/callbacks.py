@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from advlab.train.distributed import is_main_process
+
 if TYPE_CHECKING:
     from advlab.train.loop import EpochRecord
     from advlab.train.steps import StepOutput
@@ -19,7 +21,8 @@ class TrainState:
     """The loop's state as callbacks see it (one object, updated in place during ``fit``).
 
     Attributes:
-        model: the model being trained.
+        model: the model being trained (the model itself, also when ``fit`` steps it through a
+            ``DistributedDataParallel`` wrapper).
         optimizer: its optimizer.
         scheduler: the learning-rate scheduler (stepped once per batch), or ``None``.
         epochs: total number of epochs.
@@ -29,7 +32,8 @@ class TrainState:
         step: optimizer steps taken so far.
         metrics: numbers so far; during an epoch ``loss`` (running mean), ``accuracy`` (running train
             accuracy), ``lr`` (used by the last step) and any step metrics; at ``on_epoch_end`` also
-            ``seconds`` and, with validation data, ``val_accuracy``.
+            ``seconds`` and, with validation data, ``val_accuracy``. With several processes the running
+            numbers are this process's own and those at ``on_epoch_end`` the global ones.
         history: records of the finished epochs.
         output: the last step's :class:`StepOutput` (at ``on_batch_end``), else ``None``.
         stop_training: set it to ``True`` in a callback to end ``fit`` after the current epoch.
@@ -80,6 +84,9 @@ class Callback:
 class ProgressBar(Callback):
     """tqdm progress on stderr showing the running loss and train accuracy.
 
+    With several processes (``torchrun``) only process 0 shows it, with its own running numbers during an
+    epoch and the global ones at its end; the bars of the other processes stay closed.
+
     Args:
         per_epoch: one bar per epoch (default, kept on screen), or a single bar for the whole run.
         every: refresh the numbers every this many batches (the bar itself advances every batch).
@@ -91,6 +98,8 @@ class ProgressBar(Callback):
         self._bar: Any = None
 
     def _open(self, total: int, desc: str) -> None:
+        if not is_main_process():
+            return
         from tqdm.auto import tqdm
 
         self._bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=True, dynamic_ncols=True)

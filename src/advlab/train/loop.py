@@ -17,6 +17,15 @@ from torch import Tensor, nn
 from advlab._validate import check_float, check_int, check_optional
 from advlab.models.classifier import Classifier, unchecked_inputs
 from advlab.train.callbacks import Callback, ProgressBar, TrainState
+from advlab.train.distributed import (
+    all_reduce_sum,
+    all_true,
+    check_batch_size,
+    rank,
+    rank_seed,
+    union_of_names,
+    world_size,
+)
 from advlab.train.history import EpochRecord, TrainHistory
 from advlab.train.optim import make_optimizer, make_scheduler
 from advlab.train.steps import StepContext, StepFn, StepOutput, standard_step
@@ -60,13 +69,26 @@ def fit(
     histories. ``fit`` never seeds the global RNG, so initialisation (and dropout, which draws from
     torch's global RNG) is the caller's business: call ``torch.manual_seed`` before building the model.
 
+    Several processes (``torchrun``, see :mod:`advlab.train.distributed`): when a process group of more than
+    one process is initialised, ``fit`` wraps the model in ``DistributedDataParallel`` and the step function
+    receives the wrapper (``ctx.module`` is the model itself, for crafting inputs). ``batch_size`` is the
+    global batch and must be divisible by the number of processes (else ``ValueError``, before any training);
+    every process draws the same permutation and takes its contiguous share of each global batch, so a step
+    equals the single-process step on the same global batch. The last global batch is cut to a multiple of the
+    number of processes (at most ``world_size - 1`` examples an epoch are left out; a share of one example
+    joins the batch before, as in one process). ``ctx.generator`` is seeded per process
+    (:func:`~advlab.train.distributed.rank_seed`; process 0 keeps the single-process seed). The epoch's
+    numbers are summed over the processes, so the history is the global one, and a callback's
+    ``stop_training`` on any process stops all. Callbacks see the model itself as ``state.model``; their
+    running numbers during an epoch are the process's own, the numbers at ``on_epoch_end`` are global.
+
     Args:
         model: returns logits ``(N, K)``; moved to ``device`` in place when ``device`` is given.
         x_train: float inputs ``(N, C, H, W)`` (any shape the model takes), on any device.
         y_train: integer labels ``(N,)`` in ``[0, K)``.
         epochs: number of passes over the data (>= 1).
-        batch_size: examples per step (>= 1); a last batch of a single example is merged into the one
-            before it (batch-norm cannot train on one example).
+        batch_size: examples per step (>= 1), over all processes; a last batch of a single example (per
+            process) is merged into the one before it (batch-norm cannot train on one example).
         lr: learning rate (peak learning rate for ``"onecycle"``).
         optimizer: ``"adam"`` (default), ``"adamw"``, ``"sgd"``, or a ready ``torch.optim.Optimizer`` over
             the model's parameters (then ``lr``, ``weight_decay``, ``momentum``, ``nesterov`` are unused).
@@ -75,7 +97,7 @@ def fit(
         step: the step function, default :func:`standard_step` (cross-entropy on clean inputs).
         callbacks: :class:`Callback` objects receiving the loop's events in order.
         x_val, y_val: optional validation data; its accuracy is measured after every epoch.
-        seed: seeds the shuffling and ``ctx.generator`` of the step function.
+        seed: seeds the shuffling and ``ctx.generator`` of the step function (per process, see above).
         device: where batches (and the model) go; default the device of the model's parameters.
         progress: show a tqdm bar per epoch on stderr.
         momentum: SGD momentum.
@@ -111,12 +133,26 @@ def fit(
     for cb in callbacks:
         if not isinstance(cb, Callback):
             raise TypeError(f"callbacks must be Callback instances, got {type(cb).__name__}")
+    shard = (rank(), world_size())
+    if shard[1] > 1:
+        check_batch_size(batch_size, shard[1])
+        slices = _shard_slices(len(x_train), batch_size, shard[1])
+    else:
+        slices = _batch_slices(len(x_train), batch_size)
 
     if device is not None:
         dev = torch.device(device)
         model.to(dev)
     else:
         dev = _model_device(model, x_train.device)
+    # ``net`` takes the steps (the DDP wrapper with several processes), ``model`` is the model itself.
+    net = model
+    if _is_ddp(model):
+        inner = model.module
+        assert isinstance(inner, nn.Module)  # DistributedDataParallel wraps a module
+        model = inner
+    elif shard[1] > 1:
+        net = _wrap_ddp(model, dev)
 
     if isinstance(optimizer, torch.optim.Optimizer):
         opt = optimizer
@@ -127,11 +163,10 @@ def fit(
         opt = make_optimizer(
             params, optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov
         )
-    slices = _batch_slices(len(x_train), batch_size)
     scheduler = make_scheduler(opt, schedule, total_steps=epochs * len(slices))
 
-    shuffle_gen = torch.Generator().manual_seed(seed)
-    step_gen = torch.Generator(device=dev).manual_seed(_derive_seed(seed, 1))
+    shuffle_gen = torch.Generator().manual_seed(seed)  # the same permutation on every process
+    step_gen = torch.Generator(device=dev).manual_seed(rank_seed(_derive_seed(seed, 1), shard[0]))
 
     # Validate the data once here so per-batch input checks of a Classifier can be skipped.
     checked = isinstance(model, Classifier) and model.check_inputs
@@ -156,14 +191,16 @@ def fit(
                 state.epoch = epoch
                 state.metrics = {}
                 state.output = None
-                record = _train_epoch(model, x_train, y_train, slices, step, opt, scheduler, state, cbs,
-                                      dev, shuffle_gen, step_gen, grad_clip)
+                record = _train_epoch(net, model, x_train, y_train, slices, shard, step, opt, scheduler, state,
+                                      cbs, dev, shuffle_gen, step_gen, grad_clip)
                 if x_val is not None and y_val is not None:
                     record.val_accuracy = evaluate_accuracy(model, x_val, y_val)
                     state.metrics["val_accuracy"] = record.val_accuracy
                 state.history.append(record)
                 for cb in cbs:
                     cb.on_epoch_end(state)
+                if shard[1] > 1:  # one process stopping stops all (a collective: every process calls it)
+                    state.stop_training = not all_true(not state.stop_training)
                 if state.stop_training:
                     break
             for cb in cbs:
@@ -181,10 +218,12 @@ def fit(
 
 
 def _train_epoch(
+    net: nn.Module,
     model: nn.Module,
     x_train: Tensor,
     y_train: Tensor,
     slices: list[tuple[int, int]],
+    shard: tuple[int, int],
     step: StepFn,
     opt: torch.optim.Optimizer,
     scheduler: Any,
@@ -195,6 +234,10 @@ def _train_epoch(
     step_gen: torch.Generator,
     grad_clip: float | None,
 ) -> EpochRecord:
+    """One pass over ``slices`` (global batches) of the permuted data; ``net`` takes the steps, ``model`` is the
+    model itself; with ``shard = (rank, world_size)`` of several processes this process takes its contiguous
+    share of every batch and the epoch's sums are all-reduced."""
+    rank_, world = shard
     model.train()
     for cb in cbs:
         cb.on_epoch_start(state)
@@ -203,20 +246,20 @@ def _train_epoch(
     loss_sum, seen, correct, counted = 0.0, 0, 0, 0
     extra_sums: dict[str, float] = {}
     for b, (start, stop) in enumerate(slices):
-        idx = perm[start:stop]
+        share = (stop - start) // world
+        idx = perm[start + rank_ * share : start + (rank_ + 1) * share]
         xb = x_train[idx].to(dev, non_blocking=True)
         yb = y_train[idx].to(dev, non_blocking=True)
         ctx = StepContext(
             epoch=state.epoch, epochs=state.epochs, batch=b, step=state.step,
-            steps_per_epoch=len(slices), generator=step_gen, device=dev, optimizer=opt,
-            module=getattr(model, "module", model) if _is_ddp(model) else model,
+            steps_per_epoch=len(slices), generator=step_gen, device=dev, optimizer=opt, module=model,
         )
-        out = step(model, xb, yb, ctx)
+        out = step(net, xb, yb, ctx)
         if not isinstance(out, StepOutput):
             raise TypeError(f"the step function must return a StepOutput, got {type(out).__name__}")
         if not isinstance(out.loss, Tensor) or out.loss.numel() != 1:
             raise ValueError("StepOutput.loss must be a scalar tensor (reduce the loss with .mean())")
-        n = stop - start
+        n = share
         # One host sync per step for the numbers.
         if out.logits is not None:
             labelled = yb >= 0
@@ -257,6 +300,16 @@ def _train_epoch(
             state.metrics[key] = total / seen
         for cb in cbs:
             cb.on_batch_end(state)
+    if world > 1:  # the global numbers of the epoch: sums over the processes
+        keys = union_of_names(extra_sums)
+        totals = all_reduce_sum([loss_sum, seen, correct, counted, *(extra_sums.get(k, 0.0) for k in keys)])
+        loss_sum, seen, correct, counted = totals[0], round(totals[1]), round(totals[2]), round(totals[3])
+        extra_sums = dict(zip(keys, totals[4:], strict=True))
+        state.metrics["loss"] = loss_sum / seen
+        if counted:
+            state.metrics["accuracy"] = correct / counted
+        for key, total in extra_sums.items():
+            state.metrics[key] = total / seen
     seconds = time.perf_counter() - t0
     state.metrics["seconds"] = seconds
     return EpochRecord(
@@ -340,6 +393,19 @@ def _is_ddp(model: nn.Module) -> bool:
     return isinstance(model, torch.nn.parallel.DistributedDataParallel)
 
 
+def _wrap_ddp(model: nn.Module, dev: torch.device) -> nn.Module:
+    """``model`` (already on ``dev``) in ``DistributedDataParallel`` over the initialised process group; the
+    wrapper broadcasts process 0's weights to the others."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl" and dev.type != "cuda":
+        raise ValueError(f"the process group uses NCCL, which needs CUDA, but the model trains on {dev}; train on "
+                         f"cuda (--device cuda) or initialise the group with gloo")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("model has no trainable parameters; nothing to fit")
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev] if dev.type == "cuda" else None)
+
+
 def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
     for param in model.parameters():
         return param.device
@@ -353,6 +419,25 @@ def _batch_slices(n: int, batch_size: int) -> list[tuple[int, int]]:
     bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
     if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
         bounds[-2] = (bounds[-2][0], n)
+        bounds.pop()
+    return bounds
+
+
+def _shard_slices(n: int, batch_size: int, world: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` bounds of the global batches for ``world`` processes, each a multiple of ``world``
+    (``batch_size`` must be one): the single-process batches with the last one cut to a multiple of ``world``
+    (dropped when less than ``world`` remain; one example per process joins the batch before)."""
+    if n < world:
+        raise ValueError(f"{n} training example(s) cannot be shared by {world} processes; use more data or fewer "
+                         f"processes (--nproc_per_node)")
+    bounds = _batch_slices(n, batch_size)
+    start, stop = bounds[-1]
+    stop -= (stop - start) % world
+    bounds[-1] = (start, stop)
+    if stop - start < world:
+        bounds.pop()
+    elif stop - start == world and len(bounds) > 1:
+        bounds[-2] = (bounds[-2][0], stop)
         bounds.pop()
     return bounds
 

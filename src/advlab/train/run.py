@@ -23,6 +23,7 @@ from advlab._validate import check_int, check_optional
 from advlab.data import list_datasets, load_dataset
 from advlab.models import Classifier, create_model, list_models, save_checkpoint
 from advlab.train.callbacks import Callback
+from advlab.train.distributed import PeerFailedError, all_true, is_main_process, rank_seed, world_size
 from advlab.train.loop import _SEED_MAX, _SEED_MIN, TrainHistory, evaluate_accuracy, fit
 from advlab.train.recipes import Recipe, get_recipe, prepare_model
 from advlab.train.steps import StepFn, standard_step
@@ -76,6 +77,12 @@ def train_model(
     The global RNG is seeded inside :func:`torch.random.fork_rng`, so the caller's RNG state is the same
     afterwards. On CPU the same arguments (and the same number of ``threads``) give bitwise the same
     weights and numbers.
+
+    Under ``torchrun`` (a process group of several processes, see :mod:`advlab.train.distributed`) every
+    process calls it with the same arguments: the data, subset and initialisation are the same everywhere,
+    ``fit`` trains with ``DistributedDataParallel`` on a share of every global batch, the global RNG (dropout)
+    is seeded with :func:`~advlab.train.distributed.rank_seed` (process 0: ``seed``), and every process
+    returns the same model and history; the summary gains ``world_size``.
 
     Args:
         model: a registered model name (``advlab.list_models()``).
@@ -134,7 +141,7 @@ def train_model(
         shape = {"in_shape": tuple(x_train.shape[1:]), "num_classes": max(int(labels.max()) + 1, 2)}
 
     with _num_threads(threads), torch.random.fork_rng(devices=_cuda_devices(dev)):
-        torch.manual_seed(seed)  # dropout and any other use of the global RNG during training
+        torch.manual_seed(rank_seed(seed))  # dropout and any other use of the global RNG (per process)
         net = create_model(model, generator=torch.Generator().manual_seed(seed), **shape)
         t0 = time.perf_counter()
         prepare_model(net, x_train, generator=torch.Generator().manual_seed(seed))
@@ -164,6 +171,8 @@ def train_model(
         "recipe": recipe.to_dict(),
         "versions": versions(),
     }
+    if world_size() > 1:
+        summary["world_size"] = world_size()
     return TrainRun(model=net, history=history, summary=summary)
 
 
@@ -176,20 +185,47 @@ def save_run(run: TrainRun, out: str | os.PathLike[str], *, overwrite: bool = Fa
     :class:`~advlab.models.CheckpointExistsError`), atomically. To have ``out`` checked and locked before
     the training starts, train inside :func:`advlab.models.reserve_checkpoint` (as ``advlab train`` does).
 
+    With several processes (``torchrun``) every process calls it: process 0 writes the checkpoint while the
+    others wait, and all return ``out`` once it is complete (when process 0 fails to write it, it raises its
+    own error and the others :class:`~advlab.train.distributed.PeerFailedError`).
+
     Example:
         >>> import tempfile
         >>> run = train_model("softmax", "digits", get_recipe("softmax", epochs=1), n_train=200, threads=1)
         >>> (save_run(run, tempfile.mkdtemp()) / "model.json").is_file()
         True
     """
+    if world_size() > 1:
+        return _save_on_main(run, out, overwrite)
+    return _write_run(run, out, overwrite)
+
+
+def _write_run(run: TrainRun, out: str | os.PathLike[str], overwrite: bool) -> Path:
+    """The checkpoint of ``run`` in ``out``, written by this process."""
     s = run.summary
     metrics = {k: s[k] for k in _METRICS}
     extra = {"recipe": s["recipe"], "device": s["device"], "history": run.history.to_dict()}
-    for key in ("defense", "monitor"):  # adversarial training (advlab.defenses.train_defended)
+    for key in ("defense", "monitor", "world_size"):  # adversarial training (train_defended); torchrun
         if key in s:
             extra[key] = s[key]
     return save_checkpoint(run.model, out, dataset=s["data"], metrics=metrics, seed=s["seed"], extra=extra,
                            overwrite=overwrite)
+
+
+def _save_on_main(run: TrainRun, out: str | os.PathLike[str], overwrite: bool) -> Path:
+    """:func:`save_run` by process 0 of a process group; the collective :func:`all_true` after it is the
+    barrier the other processes wait at, and tells them whether the checkpoint was written."""
+    if not is_main_process():
+        if not all_true(True):
+            raise PeerFailedError(f"process 0 failed to write the checkpoint to {str(out)!r}; see its error")
+        return Path(out)
+    saved = False
+    try:
+        path = _write_run(run, out, overwrite)
+        saved = True
+    finally:
+        all_true(saved)
+    return path
 
 
 def load_training_data(
