@@ -136,7 +136,7 @@ def train_defended(
             restore_best=(spec.checks_overfitting if restore_best is None else restore_best) and on, seed=seed,
         )
         cbs.append(monitor)
-    data_arg: tuple[Tensor, ...] = (x_train, y_train) if test is None else (x_train, y_train, *test)
+    data_arg: TrainData = (x_train, y_train) if test is None else (x_train, y_train, test[0], test[1])
     run = train_model(model, data_arg, recipe, dataset=dataset, seed=seed, device=dev, step=step,
                       callbacks=[*cbs, *callbacks], threads=threads)
     run.summary["defense"] = {
