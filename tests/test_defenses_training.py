@@ -162,10 +162,10 @@ def test_catastrophic_overfitting_is_flagged(shared_data_root: Path, one_thread:
     eps = 0.3
     with pytest.warns(CatastrophicOverfittingWarning):
         run = train_defended("cnn-small", "mnist", "fgsm-at", eps=eps, options={"labels": "true", "alpha": 0.0},
-                             recipe=get_recipe("cnn-small", "mnist", epochs=1), seed=0, n_train=6000,
+                             recipe=get_recipe("cnn-small", "mnist", epochs=1), seed=0, n_train=12000,
                              held_out=300, check_overfitting=True, restore_best=False, data_root=shared_data_root)
     report = run.summary["monitor"]
-    assert report["catastrophic_overfitting"] and report["events"][0]["epoch"] == 0
+    assert report["catastrophic_overfitting"] and report["events"][0]["signature"] == "masking"
     r = advlab.attacks.fgsm(run.model, xt, yt, eps=eps)
     fgsm_acc = float((r.clean_correct & ~r.success[0]).float().mean())
     pgd_acc = _pgd_accuracy(run.model, xt, yt, eps)
@@ -232,3 +232,45 @@ def test_static_models_must_match_the_data(tmp_path: Path, one_thread: None) -> 
         train_defended("softmax", "digits", "fgsm-at", eps=0.1, options={"beta": 1.0})
     with pytest.raises(ValueError, match="unknown training defense"):
         train_defended("softmax", "digits", "jpeg", eps=0.1)
+
+
+def test_list_defenses_shows_every_defense_with_its_kind() -> None:
+    result = CliRunner().invoke(cli, ["list", "defenses"])
+    assert result.exit_code == 0
+    lines = {line.split()[0]: line.split()[1] for line in result.output.splitlines()[1:]}
+    assert lines == {name: defense_spec(name).kind for name in list_defenses()}
+    assert set(lines.values()) == {"training", "failing", "detector", "architecture"}
+
+
+def test_monitor_restores_the_most_robust_epoch_on_a_collapse() -> None:
+    """Scripted held-out numbers: PGD accuracy 0.3, 0.6, then 0.2 (a fall of 0.4 > drop 0.2): flagged as a
+    collapse at the third epoch, training stops and the second epoch's weights come back."""
+    from advlab.defenses import RobustnessMonitor
+    from advlab.train import TrainState
+
+    net = torch.nn.Linear(2, 2)
+    script = iter([0.3, 0.6, 0.2])
+
+    class Scripted(RobustnessMonitor):
+        def measure(self, model: torch.nn.Module) -> dict[str, float]:
+            value = next(script)
+            return {"held_clean_accuracy": 0.9, "held_fgsm_accuracy": value, "held_robust_accuracy": value}
+
+    monitor = Scripted(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), eps=0.1, check_overfitting=True,
+                       restore_best=True)
+    state = TrainState(model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), scheduler=None, epochs=5,
+                       steps_per_epoch=1)
+    saved = {}
+    for epoch in range(3):
+        state.epoch = epoch
+        with torch.no_grad():
+            net.weight.fill_(float(epoch))
+        saved[epoch] = net.weight.detach().clone()
+        if epoch == 2:
+            with pytest.warns(CatastrophicOverfittingWarning, match="restoring the most robust epoch"):
+                monitor.on_epoch_end(state)
+        else:
+            monitor.on_epoch_end(state)
+    assert state.stop_training and monitor.restored_epoch == 1 and monitor.best_epoch == 1
+    assert torch.equal(net.weight, saved[1])
+    assert monitor.report()["events"][0]["signature"] == "collapse"

@@ -22,6 +22,12 @@ def list_command(kind: str | None) -> None:
     for name in [kind] if kind else sorted(_KINDS):
         names = _KINDS[name]()
         click.echo(f"{name}: {', '.join(names) if names else '(none yet)'}")
+        if name == "defenses" and kind == "defenses":  # asked for: one line each, by kind
+            from advlab.defenses import KINDS, defense_spec, list_defenses
+
+            for defense_kind in KINDS:
+                for defense in list_defenses(defense_kind):
+                    click.echo(f"  {defense:<15} {defense_kind:<12} {defense_spec(defense).summary}")
 
 
 COMMANDS = [list_command]

@@ -234,6 +234,7 @@ register_defense(DefenseSpec(
             "is on them.",
     reference="Madry, Makelov, Schmidt, Tsipras & Vladu, ICLR 2018",
     recipes={"cnn-small/mnist": {"epochs": 5, "lr": 5e-3, "schedule": "onecycle", "batch_size": 128}},
+    model_options={"cnn-small": {"dropout": 0.0, "conv_dropout": 0.0}},
 ))
 
 
@@ -269,8 +270,9 @@ register_defense(DefenseSpec(
     summary="Fast adversarial training: FGSM from a uniform random start, cyclic learning rate, a PGD check "
             "for catastrophic overfitting every epoch (restores the best epoch).",
     reference="Wong, Rice & Kolter, 'Fast is better than free', ICLR 2020",
-    recipes={"cnn-small/mnist": {"epochs": 8, "lr": 5e-3, "schedule": "onecycle", "batch_size": 128},
+    recipes={"cnn-small/mnist": {"epochs": 12, "lr": 5e-3, "schedule": "onecycle", "batch_size": 128},
              "": {"schedule": "onecycle"}},
+    model_options={"cnn-small": {"dropout": 0.0, "conv_dropout": 0.0}},
 ))
 
 

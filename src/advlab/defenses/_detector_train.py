@@ -204,7 +204,7 @@ def _build(config: DetectorConfig, classifier: nn.Module, x: Tensor, y: Tensor, 
 register_defense(DefenseSpec(
     name="detector",
     kind="detector",
-    summary="a subnetwork on an inner layer of a frozen classifier that flags adversarial inputs",
+    summary="A subnetwork on an inner layer of a frozen classifier that flags adversarial inputs.",
     reference='Metzen, Genewein, Fischer & Bischoff, "On Detecting Adversarial Perturbations", ICLR 2017',
     config=DetectorConfig,
     build=_build,

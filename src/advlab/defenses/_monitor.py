@@ -28,19 +28,25 @@ class CatastrophicOverfittingWarning(RobustnessWarning):
 class MonitorConfig:
     """The held-out check of every epoch.
 
+    Two signatures are flagged:
+
+    - *collapse*: PGD accuracy falls more than ``drop`` (absolute) below its best epoch (Wong et al.'s early
+      stopping rule); with ``restore_best`` training stops and the best epoch's weights come back;
+    - *masking*: FGSM accuracy at least ``min_fgsm`` while PGD accuracy is at most ``max_pgd``: the model
+      defeats its single-step attack only (plain FGSM training shows it from the first epoch, before any epoch
+      was robust to restore); it is reported, training goes on.
+
     Attributes:
         steps: iterations of the fixed PGD (step ``2.5 * eps / steps``, one random start from a fixed seed).
-        drop: flag catastrophic overfitting when PGD accuracy falls this far (absolute) below its best epoch ...
-        gap: ... or when FGSM accuracy exceeds PGD accuracy by more than this (the signature of a model that
-            learned to defeat its single-step attack only).
-        min_fgsm: the gap counts only while FGSM accuracy is at least this (a model that is simply not robust
-            yet is not overfitting).
+        drop: the collapse threshold.
+        min_fgsm: the masking signature's FGSM accuracy (a model not yet robust to FGSM is not overfitting).
+        max_pgd: the masking signature's PGD accuracy (near zero).
     """
 
     steps: int = 10
     drop: float = 0.2
-    gap: float = 0.5
     min_fgsm: float = 0.5
+    max_pgd: float = 0.05
 
 
 class RobustnessMonitor(Callback):
@@ -48,16 +54,16 @@ class RobustnessMonitor(Callback):
 
     The numbers go into the epoch's metrics (``held_clean_accuracy``, ``held_fgsm_accuracy``,
     ``held_robust_accuracy``; the progress bar shows them) and :attr:`epochs`. With ``check_overfitting`` an
-    epoch whose PGD accuracy collapses (see :class:`MonitorConfig`) is flagged in :attr:`events` with a
-    :class:`CatastrophicOverfittingWarning`; with ``restore_best`` training then stops and the weights of the
-    epoch with the highest PGD accuracy are restored.
+    epoch showing catastrophic overfitting (see :class:`MonitorConfig`) is flagged in :attr:`events` with a
+    :class:`CatastrophicOverfittingWarning`; with ``restore_best``, on a collapse, training stops and the
+    weights of the epoch with the highest PGD accuracy are restored.
 
     Args:
         x, y: the held-out batch (not trained on).
         eps, norm: the budget of the check.
         config: the check's settings.
         check_overfitting: flag catastrophic overfitting.
-        restore_best: on a flag, stop and restore the most robust epoch's weights.
+        restore_best: on a collapse, stop and restore the most robust epoch's weights.
         seed: seed of the PGD's random start (the same every epoch: a fixed attack).
     """
 
@@ -109,19 +115,20 @@ class RobustnessMonitor(Callback):
             return
         cfg = self.config
         collapsed = best is not None and best - robust > cfg.drop
-        gap = numbers["held_fgsm_accuracy"] - robust
-        overfit = numbers["held_fgsm_accuracy"] >= cfg.min_fgsm and gap > cfg.gap
-        if collapsed or overfit:
+        masked = numbers["held_fgsm_accuracy"] >= cfg.min_fgsm and robust <= cfg.max_pgd
+        if collapsed or masked:
             reason = (f"PGD accuracy fell from {best:.3f} to {robust:.3f}" if collapsed
                       else f"FGSM accuracy {numbers['held_fgsm_accuracy']:.3f} but PGD accuracy {robust:.3f}")
-            self.events.append({"epoch": state.epoch, "event": "catastrophic_overfitting", "reason": reason})
+            restore = collapsed and self.restore_best
+            self.events.append({"epoch": state.epoch, "event": "catastrophic_overfitting",
+                                "signature": "collapse" if collapsed else "masking", "reason": reason})
             warnings.warn(
                 f"catastrophic overfitting at epoch {state.epoch + 1}: {reason} on the held-out batch; the model "
                 f"defeats its single-step attack only. Try a random start (fast-at), a smaller step size, fewer "
-                f"epochs or pgd-at" + ("; restoring the most robust epoch" if self.restore_best else ""),
+                f"epochs or pgd-at" + ("; restoring the most robust epoch" if restore else ""),
                 CatastrophicOverfittingWarning, stacklevel=2,
             )
-            if self.restore_best and self._best_state is not None and self.best_epoch is not None:
+            if restore and self._best_state is not None and self.best_epoch is not None:
                 module = getattr(state.model, "module", state.model)
                 module.load_state_dict(self._best_state)
                 self.restored_epoch = self.best_epoch

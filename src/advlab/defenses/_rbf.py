@@ -113,7 +113,7 @@ def fgsm_error_confidence(
 register_defense(DefenseSpec(
     name="rbf",
     kind="architecture",
-    summary="a shallow Gaussian RBF network: errs under FGSM but with low confidence on its errors",
+    summary="A shallow Gaussian RBF network: errs under FGSM, with low confidence on its errors.",
     reference='Goodfellow, Shlens & Szegedy, "Explaining and Harnessing Adversarial Examples", ICLR 2015',
     config=RBFConfig,
     build=_build,

@@ -37,6 +37,8 @@ class DefenseSpec:
         recipes: recommended training settings, ``Recipe`` field overrides keyed by ``"model/dataset"``,
             ``"model"``, ``"/dataset"`` or ``""`` (most specific first): the settings that reach the
             defense's targets in ``benchmarks/README.md``.
+        model_options: recommended hyper-parameters of the zoo model, keyed as ``recipes`` (e.g. no dropout:
+            adversarial training of ``cnn-small`` on MNIST is markedly more robust without it).
         semi_supervised: trains on labelled plus unlabelled data (``labelled=N``).
         uses_static: takes static, separately trained models (``static=[...]``).
         checks_overfitting: single-step training whose held-out check flags catastrophic overfitting (and
@@ -51,6 +53,7 @@ class DefenseSpec:
     build: Callable[..., Any] | None = None
     norms: tuple[str, ...] = ("linf",)
     recipes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    model_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     semi_supervised: bool = False
     uses_static: bool = False
     checks_overfitting: bool = False
@@ -89,10 +92,18 @@ class DefenseSpec:
 
     def recipe_overrides(self, model: str, dataset: str | None) -> dict[str, Any]:
         """The recommended ``Recipe`` overrides for ``model`` on ``dataset`` (empty when there are none)."""
-        for key in (f"{model}/{dataset or ''}", model, f"/{dataset or ''}", ""):
-            if key in self.recipes:
-                return dict(self.recipes[key])
-        return {}
+        return _most_specific(self.recipes, model, dataset)
+
+    def recommended_model_options(self, model: str, dataset: str | None) -> dict[str, Any]:
+        """The recommended hyper-parameters of ``model`` on ``dataset`` (empty when there are none)."""
+        return _most_specific(self.model_options, model, dataset)
+
+
+def _most_specific(table: Mapping[str, Mapping[str, Any]], model: str, dataset: str | None) -> dict[str, Any]:
+    for key in (f"{model}/{dataset or ''}", model, f"/{dataset or ''}", ""):
+        if key in table:
+            return dict(table[key])
+    return {}
 
 
 DEFENSES: Registry[DefenseSpec] = Registry("defense")

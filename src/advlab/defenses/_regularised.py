@@ -112,6 +112,7 @@ register_defense(DefenseSpec(
             "of the ball maximising it.",
     reference="Zhang, Yu, Jiao, Xing, El Ghaoui & Jordan, ICML 2019",
     recipes={"cnn-small/mnist": {"epochs": 5, "lr": 5e-3, "schedule": "onecycle", "batch_size": 128}},
+    model_options={"cnn-small": {"dropout": 0.0, "conv_dropout": 0.0}},
 ))
 
 

@@ -40,6 +40,7 @@ def train_defended(
     norm: str | None = None,
     options: Mapping[str, Any] | Any = None,
     recipe: Recipe | None = None,
+    model_options: Mapping[str, Any] | None = None,
     static: Sequence[StaticModel] = (),
     labelled: int | None = None,
     held_out: int | None = None,
@@ -73,6 +74,8 @@ def train_defended(
         options: the defense's options (a mapping, or its config dataclass); an option it does not take is a
             ``ValueError`` that lists its options.
         recipe: the full recipe; default :func:`defense_recipe`.
+        model_options: hyper-parameters of the zoo model; default the defense's recommended ones for
+            ``model`` on the dataset (``DefenseSpec.model_options``, e.g. no dropout), ``{}`` for none.
         static: for ``ensemble-at``, the static models (modules or checkpoint directories), with the input shape
             and the number of classes of the model trained.
         labelled: for ``vat``, how many training examples keep their labels (default all).
@@ -137,8 +140,10 @@ def train_defended(
         )
         cbs.append(monitor)
     data_arg: TrainData = (x_train, y_train) if test is None else (x_train, y_train, test[0], test[1])
+    if model_options is None:
+        model_options = spec.recommended_model_options(model, dataset)
     run = train_model(model, data_arg, recipe, dataset=dataset, seed=seed, device=dev, step=step,
-                      callbacks=[*cbs, *callbacks], threads=threads)
+                      callbacks=[*cbs, *callbacks], threads=threads, model_options=model_options)
     run.summary["defense"] = {
         "name": defense, "eps": eps, "norm": norm, "options": _config_dict(config),
         "static": [str(m) if not isinstance(m, nn.Module) else (getattr(m, "model_name", None) or "module")

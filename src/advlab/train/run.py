@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +67,7 @@ def train_model(
     callbacks: Sequence[Callback] = (),
     threads: int | None = None,
     step: StepFn = standard_step,
+    model_options: Mapping[str, Any] | None = None,
 ) -> TrainRun:
     """Builds the zoo model ``model``, trains it on ``data`` with ``recipe`` and tests it.
 
@@ -102,6 +103,8 @@ def train_model(
         threads: torch's intra-op threads during the run (restored after); ``None`` leaves them.
         step: the step function (default :func:`~advlab.train.standard_step`); adversarial training passes
             its own (see :func:`advlab.defenses.train_defended`).
+        model_options: hyper-parameters of the zoo model (``create_model(model, **model_options)``, e.g.
+            ``{"dropout": 0.0}``); recorded in the checkpoint's model config.
 
     Returns:
         A :class:`TrainRun`.
@@ -142,7 +145,7 @@ def train_model(
 
     with _num_threads(threads), torch.random.fork_rng(devices=_cuda_devices(dev)):
         torch.manual_seed(rank_seed(seed))  # dropout and any other use of the global RNG (per process)
-        net = create_model(model, generator=torch.Generator().manual_seed(seed), **shape)
+        net = create_model(model, generator=torch.Generator().manual_seed(seed), **shape, **(model_options or {}))
         t0 = time.perf_counter()
         prepare_model(net, x_train, generator=torch.Generator().manual_seed(seed))
         prepare_seconds = time.perf_counter() - t0
@@ -169,6 +172,7 @@ def train_model(
         "device": str(dev),
         "torch_threads": torch_threads,
         "recipe": recipe.to_dict(),
+        "model_options": dict(model_options or {}),
         "versions": versions(),
     }
     if world_size() > 1:
