@@ -6,8 +6,8 @@ Parts (``--part``, repeatable; results merge into ``benchmarks/results/defenses.
 - ``fast``: ``fast-at`` on ``cnn-small`` with its recommended recipe, then ART's ``AdversarialTrainerFBFPyTorch``
   on the same architecture, initial weights, data and epochs; wall time of each training; clean accuracy on the
   10,000 test images, PGD-50 (1 restart) on all of them and PGD-50 with 10 restarts on the first ``--n-restarts``.
-- ``family``: ``pgd-at`` and ``trades`` at two betas (recommended recipes, ``--family-epochs``), evaluated
-  the same way on the first ``--n-restarts`` test images.
+- ``family``: ``pgd-at`` and ``trades`` at two betas (recommended recipes; ``--pgd-epochs``, ``--trades-epochs``
+  and ``--family-steps`` shorten them), evaluated the same way on the first ``--n-restarts`` test images.
 - ``fgsm``: ``fgsm-at`` (alpha 0.5, eps 0.25) against standard training of an MLP: FGSM error at eps 0.25.
 - ``ensemble``: ``ensemble-at`` against ``fgsm-at`` (both MLPs, eps 0.3): error on transfer examples crafted
   on a held-out model (a separately trained cnn-small).
@@ -119,10 +119,13 @@ def art_fbf(args: argparse.Namespace, epochs: int, batch_size: int, xt: Tensor, 
 
 def part_family(args: argparse.Namespace, xt: Tensor, yt: Tensor) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    runs = [("pgd-at", {}), ("trades", {"beta": 1.0}), ("trades", {"beta": 6.0})]
-    for name, options in runs:
+    steps = args.family_steps
+    runs = [("pgd-at", {"steps": steps}, args.pgd_epochs),
+            ("trades", {"beta": 1.0, "steps": steps}, args.trades_epochs),
+            ("trades", {"beta": 6.0, "steps": steps}, args.trades_epochs)]
+    for name, options, epochs in runs:
         key = name + "".join(f"-{k}{v:g}" for k, v in options.items())
-        recipe = defense_recipe(name, "cnn-small", "mnist", epochs=args.family_epochs)
+        recipe = defense_recipe(name, "cnn-small", "mnist", epochs=epochs)
         log(f"{key}: {recipe}")
         t0 = time.perf_counter()
         run = train_defended("cnn-small", "mnist", name, eps=EPS, options=options, recipe=recipe, seed=args.seed,
@@ -193,7 +196,9 @@ def main() -> None:
     parser.add_argument("--part", action="append", choices=sorted(PARTS), required=True)
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
     parser.add_argument("--epochs", type=int, default=None, help="fast-at epochs (default: its recipe)")
-    parser.add_argument("--family-epochs", type=int, default=None, help="pgd-at/trades epochs (default: recipe)")
+    parser.add_argument("--pgd-epochs", type=int, default=None, help="pgd-at epochs (default: its recipe)")
+    parser.add_argument("--trades-epochs", type=int, default=None, help="trades epochs (default: its recipe)")
+    parser.add_argument("--family-steps", type=int, default=10, help="inner steps of pgd-at and trades")
     parser.add_argument("--n-restarts", type=int, default=1000, help="test images for PGD-50 x10")
     parser.add_argument("--fgsm-models", nargs="+", default=["mlp"])
     parser.add_argument("--seed", type=int, default=0)

@@ -34,7 +34,9 @@ class MonitorConfig:
       stopping rule); with ``restore_best`` training stops and the best epoch's weights come back;
     - *masking*: FGSM accuracy at least ``min_fgsm`` while PGD accuracy is at most ``max_pgd``: the model
       defeats its single-step attack only (plain FGSM training shows it from the first epoch, before any epoch
-      was robust to restore); it is reported, training goes on.
+      was robust to restore). Single-step training with a random start passes through it in its first epochs
+      and recovers, so an epoch showing it is recorded (event ``masking``) and the verdict waits for the end:
+      the returned model still showing it is catastrophic overfitting.
 
     Attributes:
         steps: iterations of the fixed PGD (step ``2.5 * eps / steps``, one random start from a fixed seed).
@@ -82,6 +84,7 @@ class RobustnessMonitor(Callback):
         self.best_epoch: int | None = None
         self.restored_epoch: int | None = None
         self._best_state: dict[str, Tensor] | None = None
+        self._last_masked = False
 
     def measure(self, model: nn.Module) -> dict[str, float]:
         """Clean, FGSM and PGD accuracy of ``model`` on the held-out batch."""
@@ -116,27 +119,53 @@ class RobustnessMonitor(Callback):
         cfg = self.config
         collapsed = best is not None and best - robust > cfg.drop
         masked = numbers["held_fgsm_accuracy"] >= cfg.min_fgsm and robust <= cfg.max_pgd
-        if collapsed or masked:
-            reason = (f"PGD accuracy fell from {best:.3f} to {robust:.3f}" if collapsed
-                      else f"FGSM accuracy {numbers['held_fgsm_accuracy']:.3f} but PGD accuracy {robust:.3f}")
-            restore = collapsed and self.restore_best
-            self.events.append({"epoch": state.epoch, "event": "catastrophic_overfitting",
-                                "signature": "collapse" if collapsed else "masking", "reason": reason})
-            warnings.warn(
-                f"catastrophic overfitting at epoch {state.epoch + 1}: {reason} on the held-out batch; the model "
-                f"defeats its single-step attack only. Try a random start (fast-at), a smaller step size, fewer "
-                f"epochs or pgd-at" + ("; restoring the most robust epoch" if restore else ""),
-                CatastrophicOverfittingWarning, stacklevel=2,
-            )
-            if restore and self._best_state is not None and self.best_epoch is not None:
-                module = getattr(state.model, "module", state.model)
-                module.load_state_dict(self._best_state)
-                self.restored_epoch = self.best_epoch
-                state.stop_training = True
+        self._last_masked = masked and not collapsed
+        if masked and not collapsed:
+            # Recorded, not yet a verdict: single-step training often passes through it in its first epochs
+            # and recovers; the model that training returns is judged at the end (on_fit_end).
+            self.events.append({"epoch": state.epoch, "event": "masking", "signature": "masking",
+                                "reason": self._masking_reason(numbers)})
+        if not collapsed:
+            return
+        reason = f"PGD accuracy fell from {best:.3f} to {robust:.3f}"
+        restore = self.restore_best and self._best_state is not None and self.best_epoch is not None
+        self.events.append({"epoch": state.epoch, "event": "catastrophic_overfitting", "signature": "collapse",
+                            "reason": reason})
+        self._warn(state.epoch, reason, restore)
+        if restore and self._best_state is not None:
+            module = getattr(state.model, "module", state.model)
+            module.load_state_dict(self._best_state)
+            self.restored_epoch = self.best_epoch
+            state.stop_training = True
+
+    def on_fit_end(self, state: TrainState) -> None:
+        """The returned model still shows the masking signature: catastrophic overfitting, flagged now."""
+        if not (self.check_overfitting and self._last_masked and self.restored_epoch is None and self.epochs):
+            return
+        last = self.epochs[-1]
+        reason = self._masking_reason(last)
+        self.events.append({"epoch": int(last["epoch"]), "event": "catastrophic_overfitting",
+                            "signature": "masking", "reason": reason})
+        self._warn(int(last["epoch"]), reason, False)
+
+    @staticmethod
+    def _masking_reason(numbers: dict[str, float]) -> str:
+        return (f"FGSM accuracy {numbers['held_fgsm_accuracy']:.3f} but PGD accuracy "
+                f"{numbers['held_robust_accuracy']:.3f}")
+
+    @staticmethod
+    def _warn(epoch: int, reason: str, restore: bool) -> None:
+        warnings.warn(
+            f"catastrophic overfitting at epoch {epoch + 1}: {reason} on the held-out batch; the model defeats "
+            f"its single-step attack only. Try a random start (fast-at), a smaller step size, fewer epochs or "
+            f"pgd-at" + ("; restoring the most robust epoch" if restore else ""),
+            CatastrophicOverfittingWarning, stacklevel=3,
+        )
 
     @property
     def overfitted(self) -> bool:
-        """Whether catastrophic overfitting was flagged."""
+        """Whether catastrophic overfitting was flagged (a collapse, or a returned model that shows masking;
+        ``masking`` events of epochs the training recovered from do not count)."""
         return any(e["event"] == "catastrophic_overfitting" for e in self.events)
 
     def report(self) -> dict[str, Any]:
