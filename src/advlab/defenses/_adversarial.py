@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from advlab._validate import check_bool, check_choice, check_float, check_int, check_optional
 from advlab.attacks import PGDConfig, RFGSMConfig, craft
 from advlab.defenses._registry import DefenseSpec, register_defense
+from advlab.defenses._transforms import model_bounds_of
 from advlab.train.steps import StepContext, StepFn, StepOutput
 
 LABELS = ("predicted", "true")
@@ -305,7 +306,7 @@ def _free_at(config: FreeATConfig, *, eps: float, norm: str, static: Sequence[nn
         if prev is not None and prev.shape[1:] == x.shape[1:]:
             rows = min(prev.shape[0], x.shape[0])
             delta[:rows] = prev[:rows]
-        lo, hi = getattr(_module(model, ctx), "bounds", (0.0, 1.0))
+        lo, hi = model_bounds_of(_module(model, ctx))
         opt = ctx.optimizer
         loss = logits = torch.zeros(())
         for _ in range(config.replays):

@@ -14,7 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advlab._validate import check_float, check_int, check_optional
+from advlab.attacks import attack_mode
 from advlab.defenses._registry import DefenseSpec, register_defense
+from advlab.defenses._transforms import model_bounds_of
 from advlab.threat import LpBall
 from advlab.train.steps import StepContext, StepFn, StepOutput
 
@@ -23,32 +25,6 @@ def _kl(clean_logits: Tensor, logits: Tensor) -> Tensor:
     """Per-example ``KL(softmax(clean) || softmax(logits))``, ``(N,)``."""
     p_log = F.log_softmax(clean_logits, dim=1)
     return (p_log.exp() * (p_log - F.log_softmax(logits, dim=1))).sum(dim=1)
-
-
-class _EvalFrozen:
-    """Evaluation mode and frozen parameters for an inner maximisation, both restored on exit."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-
-    def __enter__(self) -> nn.Module:
-        self.modes = [(m, m.training) for m in self.module.modules()]
-        self.flags = [(p, p.requires_grad) for p in self.module.parameters()]
-        self.module.eval()
-        for p, _ in self.flags:
-            p.requires_grad_(False)
-        return self.module
-
-    def __exit__(self, *exc: object) -> None:
-        for m, training in self.modes:
-            m.training = training
-        for p, flag in self.flags:
-            p.requires_grad_(flag)
-
-
-def _bounds(module: nn.Module) -> tuple[float, float]:
-    lo, hi = getattr(module, "bounds", (0.0, 1.0))
-    return float(lo), float(hi)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -82,17 +58,17 @@ def _trades(config: TRADESConfig, *, eps: float, norm: str, static: Sequence[nn.
 
     def step(model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
         module = ctx.module if ctx.module is not None else model
-        lo, hi = _bounds(module)
-        with _EvalFrozen(module) as frozen:
+        lo, hi = model_bounds_of(module)
+        with attack_mode(module):  # evaluation mode, frozen parameters, both restored after
             with torch.no_grad():
-                clean = frozen(x)
+                clean = module(x)
             # Start next to x (a tiny Gaussian step, as the paper): at x itself the KL gradient is zero.
             noise = torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
             x_adv = (x + 0.001 * noise).clamp(lo, hi)
             for _ in range(config.steps):
                 x_adv.requires_grad_(True)
                 with torch.enable_grad():
-                    grad = torch.autograd.grad(_kl(clean, frozen(x_adv)).sum(), x_adv)[0]
+                    grad = torch.autograd.grad(_kl(clean, module(x_adv)).sum(), x_adv)[0]
                 moved = x_adv.detach() + ball.steepest_step(grad, alpha, x=x_adv.detach(), bounds=(lo, hi))
                 x_adv = (x + ball.project(moved - x)).clamp(lo, hi).detach()
         logits = model(torch.cat([x, x_adv]))
@@ -148,15 +124,15 @@ def _unit(d: Tensor) -> Tensor:
 def _vat(config: VATConfig, *, eps: float, norm: str, static: Sequence[nn.Module] = ()) -> StepFn:
     def step(model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext) -> StepOutput:
         module = ctx.module if ctx.module is not None else model
-        lo, hi = _bounds(module)
-        with _EvalFrozen(module) as frozen:
+        lo, hi = model_bounds_of(module)
+        with attack_mode(module):  # evaluation mode, frozen parameters, both restored after
             with torch.no_grad():
-                clean = frozen(x)
+                clean = module(x)
             d = _unit(torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype))
             for _ in range(config.power_iterations):
                 probe = (config.xi * d).requires_grad_(True)
                 with torch.enable_grad():
-                    grad = torch.autograd.grad(_kl(clean, frozen(x + probe)).sum(), probe)[0]
+                    grad = torch.autograd.grad(_kl(clean, module(x + probe)).sum(), probe)[0]
                 d = _unit(grad)
         x_vadv = (x + eps * d).clamp(lo, hi)
         logits = model(torch.cat([x, x_vadv]))

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advlab._validate import check_float, check_int
+from advlab.attacks._validation import model_bounds
 
 # The standard JPEG luminance quantisation table (ITU-T T.81, Annex K), for quality 50.
 _JPEG_LUMINANCE = (
@@ -51,14 +52,14 @@ def _draw(shape: torch.Size, like: Tensor, generator: torch.Generator | None, ki
 
 
 def model_bounds_of(model: object) -> tuple[float, float]:
-    """A model's input bounds: its ``bounds`` attribute, else ``(0.0, 1.0)``.
+    """A model's input bounds: its ``bounds`` attribute, else ``(0.0, 1.0)`` (the attacks' rule,
+    :func:`advlab.attacks._validation.model_bounds`).
 
     Example:
         >>> model_bounds_of(torch.nn.Identity())
         (0.0, 1.0)
     """
-    bounds = getattr(model, "bounds", (0.0, 1.0))
-    return float(bounds[0]), float(bounds[1])
+    return model_bounds(model)  # type: ignore[arg-type]
 
 
 class Quantize(nn.Module):
