@@ -25,12 +25,13 @@ from typing import Any, TypeVar
 import click
 import torch
 
-from advlab.cli._options import config_options, flag, given_options, union_fields
+from advlab.cli._options import attribute_help, config_options, flag, given_options, union_fields
 from advlab.cli._outputs import echo_json
 from advlab.cli.common import common_options, resolve_device
 from advlab.defenses import defense_recipe, defense_spec, list_defenses, train_defended
-from advlab.models import CheckpointExistsError, reserve_checkpoint
+from advlab.models import CheckpointExistsError, is_sklearn_model, reserve_checkpoint
 from advlab.train import (
+    FIT_CONFIGS,
     OPTIMIZERS,
     SCHEDULES,
     Callback,
@@ -76,6 +77,47 @@ defense_options = config_options(
 )
 
 
+# The fitting options of the scikit-learn models (sklearn-*): one option per field of their fit configs.
+SKLEARN_FIELDS = union_fields(FIT_CONFIGS)
+_SKLEARN_HELP = {name: text for config in reversed(list(FIT_CONFIGS.values()))
+                 for name, text in attribute_help(config).items()}
+sklearn_options = config_options(
+    FIT_CONFIGS,
+    help={name: f"{_SKLEARN_HELP.get(name, name).rstrip('.')}. Models: {', '.join(f.owners)}"
+          for name, f in SKLEARN_FIELDS.items()},
+    param_types={int: click.IntRange(min=1), float: click.FloatRange(min=0, min_open=True)},
+    default_text="(default: the model's).",
+)
+_RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))
+
+
+def sklearn_params(model: str, given: Mapping[str, Any], defense: str | None) -> dict[str, Any] | None:
+    """The fitting options of a scikit-learn ``model`` (``None`` for a torch model), checked: training-recipe
+    options or --defense for a scikit-learn model, a fitting option for a torch model or for a scikit-learn
+    model that does not take it, are usage errors naming the model."""
+    params = given_options(given, SKLEARN_FIELDS)
+    if not is_sklearn_model(model):
+        if params:
+            key = next(iter(params))
+            raise click.UsageError(f"{flag(key)} is a fitting option of scikit-learn models "
+                                   f"({', '.join(SKLEARN_FIELDS[key].owners)}); model {model!r} does not take it")
+        return None
+    takes = [f.name for f in fields(FIT_CONFIGS[model])]
+    recipe = given_options(given, _RECIPE_FIELDS)
+    if recipe:
+        raise click.UsageError(f"model {model!r} is fitted by scikit-learn and takes no training-recipe options "
+                               f"({', '.join(flag(k) for k in recipe)}); its fitting options: "
+                               f"{', '.join(flag(k) for k in takes) or 'none'}")
+    if defense is not None:
+        raise click.UsageError(f"--defense (adversarial training) needs a torch model; model {model!r} is fitted by "
+                               f"scikit-learn")
+    for key in params:
+        if key not in takes:
+            raise click.UsageError(f"model {model!r} does not take {flag(key)}; it takes "
+                                   f"{', '.join(flag(k) for k in takes) or 'no fitting options'}")
+    return params
+
+
 def defense_params(defense: str | None, given: Mapping[str, Any]) -> dict[str, Any]:
     """The defense options the user set, checked against the defense: an option it does not take (or any
     defense option without --defense) is an error, not silently ignored."""
@@ -104,8 +146,9 @@ def recipe_from_options(model: str, data: str, values: Mapping[str, Any], defens
     return replace(base, **given_options(values, (f.name for f in fields(Recipe))))
 
 
-def _run(model: str, data: str, recipe: Recipe, device: str | torch.device, seed: int, data_root: Path | None,
-         n_train: int | None, callbacks: Sequence[Callback], defended: Mapping[str, Any] | None = None) -> TrainRun:
+def _run(model: str, data: str, recipe: Recipe | None, device: str | torch.device, seed: int,
+         data_root: Path | None, n_train: int | None, callbacks: Sequence[Callback],
+         defended: Mapping[str, Any] | None = None, model_options: Mapping[str, Any] | None = None) -> TrainRun:
     """:func:`train_model` (or :func:`~advlab.defenses.train_defended` with ``defended``'s arguments), with the
     user's errors as one-line ``click`` exceptions."""
     dev = resolve_device(device)
@@ -114,7 +157,7 @@ def _run(model: str, data: str, recipe: Recipe, device: str | torch.device, seed
             return train_defended(model, data, recipe=recipe, seed=seed, device=dev, data_root=data_root,
                                   n_train=n_train, callbacks=callbacks, **defended)
         return train_model(model, data, recipe, seed=seed, device=dev, data_root=data_root, n_train=n_train,
-                           callbacks=callbacks)
+                           callbacks=callbacks, model_options=model_options)
     except (ValueError, OSError, FloatingPointError) as err:
         raise click.ClickException(_one_line(err)) from err
 
@@ -223,6 +266,7 @@ _overwrite_option = click.option("--overwrite", is_flag=True,
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default=None,
               help="Threat model of --defense (default: the defense's).")
 @defense_options
+@sklearn_options
 @click.option("--static", "static", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="ensemble-at: a static, separately trained checkpoint (repeat the option for several).")
 @click.option("--labelled", type=click.IntRange(min=1), default=None,
@@ -258,7 +302,10 @@ def train_command(
     """Train a zoo model on a dataset, save the checkpoint and print a JSON summary.
 
     Unset hyper-parameters come from the model's recipe (advlab.train.recipes), or with --defense from the
-    defense's recommended recipe; optional ones (--schedule, --grad-clip) also take `none`. Accuracies in
+    defense's recommended recipe; optional ones (--schedule, --grad-clip) also take `none`. A scikit-learn
+    model (sklearn-*) is fitted instead, on the flattened images, with its fitting options (--C, --gamma,
+    --max-depth, --n-estimators, --n-neighbors, ...; defaults in advlab.train.FIT_CONFIGS) and no recipe;
+    an RBF SVM or kNN on all of MNIST takes minutes (--n-train for quick runs). Accuracies in
     the summary are fractions in [0, 1]; train_accuracy is the running accuracy of the last epoch. With
     --defense the progress bar shows clean and robust accuracy (a fixed PGD at --eps) on held-out training
     examples after every epoch, and the checkpoint records the defense and its options.
@@ -267,6 +314,7 @@ def train_command(
     Examples:
       advlab train --model cnn-small --data mnist --epochs 2 --out runs/mnist-cnn
       advlab train --model cnn-small --data mnist --defense fast-at --eps 0.3 --out runs/mnist-fast-at
+      advlab train --model sklearn-svm-rbf --data mnist --n-train 10000 --C 10 --out runs/mnist-svm
       torchrun --nproc_per_node 2 -m advlab train --model cnn-small --data mnist \
         --defense fast-at --eps 0.3 --out runs/x
 
@@ -275,13 +323,17 @@ def train_command(
     """
     with _distributed(device) as dev:
 
-        def parse() -> tuple[dict[str, Any] | None, Recipe]:
+        def parse() -> tuple[dict[str, Any] | None, Recipe | None, dict[str, Any] | None]:
+            fit_options = sklearn_params(model_name, values, defense)
             defended = _defended(defense, eps, norm, static, labelled, held_out, values)
+            if fit_options is not None:  # scikit-learn: fitted, no recipe
+                return defended, None, fit_options
             recipe = recipe_from_options(model_name, data, values, defense)
             _check_batch_size(recipe)
-            return defended, recipe
+            return defended, recipe, None
 
-        defended, recipe = _on_every_process(parse)
+        defended, recipe, fit_options = _on_every_process(parse)
+        show_progress = not no_progress and fit_options is None
         default_out = Path("runs") / (f"{model_name}-{data}" + (f"-{defense}" if defense else ""))
         target = out if out is not None else default_out
         with ExitStack() as stack:
@@ -290,7 +342,7 @@ def train_command(
             else:
                 _on_every_process(lambda: target)
             run = _run(model_name, data, recipe, dev, seed, data_root, n_train,
-                       [] if no_progress else [ProgressBar()], defended)
+                       [ProgressBar()] if show_progress else [], defended, fit_options)
             path = _save(run, target, overwrite)
         if is_main_process():
             echo_json({**run.summary, "checkpoint": str(path)})

@@ -12,6 +12,16 @@ Example:
 from __future__ import annotations
 
 from advlab.models import zoo as zoo  # registers the built-in models
+from advlab.models._sklearn import (  # registers the scikit-learn models
+    RBFSVM,
+    SKLEARN_MODELS,
+    ForestModel,
+    KNNModel,
+    LinearModel,
+    TreeModel,
+    from_sklearn,
+    is_sklearn_model,
+)
 from advlab.models.checkpoint import (
     CheckpointExistsError,
     OutputBusyError,
@@ -27,15 +37,23 @@ from advlab.models.layers import BasicBlock, Maxout, RBFLayer, init_from_data, i
 
 __all__ = [
     "MODELS",
+    "RBFSVM",
+    "SKLEARN_MODELS",
     "BasicBlock",
     "CheckpointExistsError",
     "Classifier",
+    "ForestModel",
+    "KNNModel",
+    "LinearModel",
     "Maxout",
     "OutputBusyError",
     "RBFLayer",
+    "TreeModel",
     "create_model",
+    "from_sklearn",
     "init_from_data",
     "init_rbf_centers",
+    "is_sklearn_model",
     "list_models",
     "load_checkpoint",
     "load_checkpoint_metadata",

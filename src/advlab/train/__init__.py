@@ -29,6 +29,7 @@ Several processes (DistributedDataParallel, see :mod:`advlab.train.distributed`)
 
 from __future__ import annotations
 
+from advlab.train._sklearn_fit import FIT_CONFIGS
 from advlab.train.callbacks import Callback, ProgressBar, TrainState
 from advlab.train.distributed import (
     distributed_session,
@@ -45,6 +46,7 @@ from advlab.train.steps import StepContext, StepFn, StepOutput, standard_step
 
 __all__ = [
     "DEFAULT_RECIPE",
+    "FIT_CONFIGS",
     "OPTIMIZERS",
     "OVERRIDES",
     "RECIPES",

@@ -22,6 +22,8 @@ from advlab._provenance import versions
 from advlab._validate import check_int, check_optional
 from advlab.data import list_datasets, load_dataset
 from advlab.models import Classifier, create_model, list_models, save_checkpoint
+from advlab.models._sklearn import is_sklearn_model
+from advlab.train._sklearn_fit import check_sklearn_run, fit_sklearn
 from advlab.train.callbacks import Callback
 from advlab.train.distributed import PeerFailedError, all_true, is_main_process, rank_seed, world_size
 from advlab.train.loop import _SEED_MAX, _SEED_MIN, TrainHistory, evaluate_accuracy, fit
@@ -85,6 +87,15 @@ def train_model(
     is seeded with :func:`~advlab.train.distributed.rank_seed` (process 0: ``seed``), and every process
     returns the same model and history; the summary gains ``world_size``.
 
+    A scikit-learn model (``sklearn-*``, see :func:`advlab.models.from_sklearn`) is fitted instead of trained:
+    the estimator is fitted on the flattened training inputs (``seed`` is its ``random_state``), converted to a
+    :class:`~advlab.models.Classifier` without normalisation and tested; the history holds one "epoch" (the fit:
+    seconds, train accuracy, cross-entropy of the scores, agreement with the estimator's ``predict``), the
+    summary's ``recipe`` the estimator and its fitting options. Its fitting options go in ``model_options``
+    (``advlab.train.FIT_CONFIGS[name]``: e.g. ``C``/``gamma`` of ``sklearn-svm-rbf``); a ``recipe``, callbacks
+    or a step function (adversarial training) are refused with a ``ValueError``. The fit runs on the CPU; an RBF
+    SVM or kNN on all of MNIST takes minutes, so use ``n_train`` for quick runs.
+
     Args:
         model: a registered model name (``advlab.list_models()``).
         data: a dataset name (``advlab.list_datasets()``), or tensors ``(x_train, y_train)`` or
@@ -104,7 +115,8 @@ def train_model(
         step: the step function (default :func:`~advlab.train.standard_step`); adversarial training passes
             its own (see :func:`advlab.defenses.train_defended`).
         model_options: hyper-parameters of the zoo model (``create_model(model, **model_options)``, e.g.
-            ``{"dropout": 0.0}``); recorded in the checkpoint's model config.
+            ``{"dropout": 0.0}``); recorded in the checkpoint's model config. For a ``sklearn-*`` model: its
+            fitting options (e.g. ``{"C": 10.0}``), recorded in the summary and the checkpoint's ``extra``.
 
     Returns:
         A :class:`TrainRun`.
@@ -130,10 +142,11 @@ def train_model(
     if recipe is not None and not isinstance(recipe, Recipe):
         raise TypeError(f"recipe must be an advlab.train.Recipe or None, got {type(recipe).__name__}")
     dev = torch.device("cpu") if device is None else torch.device(device)
+    sklearn_config = None
+    if is_sklearn_model(model):  # refuse torch-only settings before the data is loaded
+        sklearn_config = check_sklearn_run(model, recipe, callbacks, step is standard_step, model_options)
 
     x_train, y_train, test, dataset = load_training_data(data, dataset, data_root)
-    if recipe is None:
-        recipe = get_recipe(model, dataset)
     if n_train is not None and n_train < len(x_train):
         keep = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed))[:n_train]
         x_train, y_train = x_train[keep], y_train[keep]
@@ -142,6 +155,11 @@ def train_model(
     else:
         labels = y_train if test is None else torch.cat([y_train, test[1]])
         shape = {"in_shape": tuple(x_train.shape[1:]), "num_classes": max(int(labels.max()) + 1, 2)}
+    if sklearn_config is not None:
+        return _fit_sklearn(model, sklearn_config, x_train, y_train, test, dataset, shape, seed, dev, threads,
+                            model_options)
+    if recipe is None:
+        recipe = get_recipe(model, dataset)
 
     with _num_threads(threads), torch.random.fork_rng(devices=_cuda_devices(dev)):
         torch.manual_seed(rank_seed(seed))  # dropout and any other use of the global RNG (per process)
@@ -178,6 +196,33 @@ def train_model(
     if world_size() > 1:
         summary["world_size"] = world_size()
     return TrainRun(model=net, history=history, summary=summary)
+
+
+def _fit_sklearn(model: str, config: Any, x_train: Tensor, y_train: Tensor, test: tuple[Tensor, Tensor] | None,
+                 dataset: str | None, shape: Mapping[str, Any], seed: int, dev: torch.device, threads: int | None,
+                 options: Mapping[str, Any] | None) -> TrainRun:
+    """:func:`train_model` of a ``sklearn-*`` model (see :mod:`advlab.train._sklearn_fit`)."""
+    if "dataset" in shape:
+        from advlab.data import dataset_info
+
+        info = dataset_info(str(shape["dataset"]))
+        shape = {"in_shape": tuple(info.shape), "num_classes": info.num_classes}
+    with _num_threads(threads), _sklearn_threads(threads):
+        net, history, summary = fit_sklearn(model, config, x_train, y_train, test, dataset=dataset, shape=shape,
+                                            seed=seed, device=dev, options=options)
+    return TrainRun(model=net, history=history, summary=summary)
+
+
+@contextmanager
+def _sklearn_threads(threads: int | None) -> Iterator[None]:
+    """Limits scikit-learn's native thread pools (OpenMP, BLAS) to ``threads`` (``None``: unchanged)."""
+    if threads is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=threads):
+        yield
 
 
 def save_run(run: TrainRun, out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
