@@ -21,6 +21,7 @@ from advlab.attacks import AlreadyAtTargetWarning, AttackContext, AttackResult, 
 from advlab.models.classifier import Classifier
 from advlab.threat import LpBall, is_adversarial, lp_norm, random_targets
 from conftest import tiny_cnn
+from test_attacks_nonneural import kind_model, model_kinds
 
 NUM_CLASSES = 4
 SHAPE = (1, 6, 6)
@@ -33,6 +34,12 @@ FAST_KWARGS: dict[str, dict[str, Any]] = {
     "illc": {"steps": 5},
     "pgd": {"steps": 5, "restarts": 2},
     "mifgsm": {"steps": 5},
+    # black-box attacks: a few queries per example
+    "square": {"max_queries": 40},
+    "nes": {"max_queries": 60, "samples": 4},
+    "spsa": {"max_queries": 60, "samples": 4},
+    "simba": {"max_queries": 40},
+    "hsja": {"max_queries": 80, "steps": 3, "init_samples": 8, "init_tries": 10},
 }
 
 
@@ -52,6 +59,13 @@ def tiny_model(bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0) -> Class
     model = tiny_cnn(bounds, seed, NUM_CLASSES)
     assert isinstance(model, Classifier)
     return model
+
+
+def attack_model(name: str, bounds: tuple[float, float] = (0.0, 1.0), seed: int = 0) -> Classifier:
+    """The tiny CNN, or for an attack on one kind of model (its registered ``models``) a scikit-learn model
+    of that kind fitted on random inputs of this file's shape, classes and bounds."""
+    kinds = model_kinds(name)
+    return kind_model(kinds[0], SHAPE, NUM_CLASSES, bounds) if kinds else tiny_model(bounds, seed)
 
 
 def random_inputs(n: int, bounds: tuple[float, float], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +118,7 @@ def test_invariants(attack_name: str, data: st.DataObject) -> None:
     seed = data.draw(st.integers(0, 2**31 - 1), label="seed")
     targeted = spec.targeted and data.draw(st.booleans(), label="targeted")
 
-    model = tiny_model(bounds)
+    model = attack_model(attack_name, bounds)
     x, labels = random_inputs(n, bounds, seed)
     x_before = x.clone()
     kwargs = fast_kwargs(attack_name)
@@ -161,8 +175,12 @@ def test_invariants(attack_name: str, data: st.DataObject) -> None:
     already = (clean_pred == result.labels) & result.targeted
     assert torch.equal(result.already_at_target, already)
     torch.testing.assert_close(result.success_rate, (result.success & ~already).float().mean(dim=1))
-    # at least the clean pass and one re-check per budget; white-box: every forward pass is a query
-    assert result.n_forward >= n * (1 + b) and result.n_queries == result.n_forward
+    if result.queries is None:  # at least the clean pass and one re-check per budget; every forward is a query
+        assert result.n_forward >= n * (1 + b) and result.n_queries == result.n_forward
+    else:  # black-box: the attacker's queries (a minimum-norm attack runs once), plus the unmetered checks
+        assert result.queries.shape == (b, n) and result.queries.dtype == torch.int64
+        runs = result.queries[:1] if spec.min_norm else result.queries
+        assert result.n_queries == int(runs.sum()) and result.n_forward == result.n_queries + n * (1 + b)
     assert result.seconds > 0
 
     again = fn(model, x, y, generator=torch.Generator().manual_seed(seed), **kwargs)
@@ -170,7 +188,7 @@ def test_invariants(attack_name: str, data: st.DataObject) -> None:
 
 
 def test_eps_zero_is_identity(attack_name: str) -> None:
-    model = tiny_model()
+    model = attack_model(attack_name)
     x, y = random_inputs(5, (0.0, 1.0), 7)
     for norm in attack_spec(attack_name).norms:
         result = get_attack(attack_name)(model, x, y, eps=0.0, norm=norm, **fast_kwargs(attack_name))
@@ -181,7 +199,7 @@ def test_eps_zero_is_identity(attack_name: str) -> None:
 
 def test_works_on_a_plain_module(attack_name: str) -> None:
     """Any ``nn.Module`` returning logits is a model (bounds default to [0, 1]); eval mode is still used."""
-    net = tiny_model().net
+    net = attack_model(attack_name).net
     net.train()
     x, y = random_inputs(4, (0.0, 1.0), 3)
     norm = attack_spec(attack_name).norms[0]
@@ -203,7 +221,7 @@ def test_batch_size_gives_the_same_result(attack_name: str, targeted: bool) -> N
     spec = attack_spec(attack_name)
     if targeted and not spec.targeted:
         pytest.skip("untargeted only")
-    model = tiny_model()
+    model = attack_model(attack_name)
     x, y = random_inputs(10, (0.0, 1.0), 11)
     kw = fast_kwargs(attack_name)
     if accepts(attack_name, "restarts"):
@@ -300,7 +318,7 @@ def test_random_draws_are_drawn_again_when_not_kept(monkeypatch: pytest.MonkeyPa
 
 def test_float64_models_and_inputs(attack_name: str) -> None:
     """A float64 model attacked with float64 inputs stays float64 throughout (no silent cast)."""
-    model = tiny_model().double()
+    model = attack_model(attack_name).double()
     x, labels = random_inputs(5, (0.0, 1.0), 12)
     x = x.double()
     spec = attack_spec(attack_name)
@@ -326,7 +344,7 @@ def test_examples_already_at_their_target_are_not_attack_successes(attack_name: 
     spec = attack_spec(attack_name)
     if not spec.targeted:
         pytest.skip("untargeted only")
-    model = tiny_model()
+    model = attack_model(attack_name)
     x, _ = random_inputs(6, (0.0, 1.0), 13)
     clean_pred = eval_logits(model, x).argmax(1)
     # the first three examples' targets are what the model already predicts; the others' are not

@@ -15,6 +15,7 @@ from torch import nn
 from advlab.attacks import CALL_ARGS, attack_spec, list_attacks, pgd
 from advlab.data import load_dataset
 from advlab.threat import LpBall, random_targets
+from test_attacks_nonneural import kind_model, model_kinds
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,12 +24,28 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 EPS = {"linf": 0.25, "l2": 1.5, "l1": 8.0, "l0": 8}
 # Lower bounds of the success rate among clean-correct examples (targeted: random targets, any attack).
 UNTARGETED_FLOOR, TARGETED_FLOOR = 0.35, 0.12
+# Black-box attacks (their config has ``max_queries``) run here on 1,000 queries per example, to keep it fast.
+BLACKBOX_KWARGS: dict[str, dict[str, int]] = {"spsa": {"max_queries": 1000, "samples": 16}}
+
+
+def budget(name: str) -> dict[str, int]:
+    """The query budget of a black-box attack in these tests (nothing for the others)."""
+    if "max_queries" not in attack_spec(name).defaults():
+        return {}
+    return BLACKBOX_KWARGS.get(name, {"max_queries": 1000})
 
 
 @pytest.fixture(scope="module")
 def digits_points() -> tuple[torch.Tensor, torch.Tensor]:
     x, y = load_dataset("digits", "test")
     return x[:100], y[:100]
+
+
+def digits_model(name: str, digits_cnn: nn.Module) -> nn.Module:
+    """The digits CNN, or for an attack on one kind of model (its registered ``models``) a scikit-learn
+    model of that kind fitted on the digits."""
+    kinds = model_kinds(name)
+    return kind_model(kinds[0], data="digits") if kinds else digits_cnn
 
 
 @pytest.mark.parametrize("name", list_attacks())
@@ -52,7 +69,7 @@ def test_config_reaches_the_result(name: str, digits_cnn: nn.Module,
     """What the function was given is what ran: the result's config holds every field of the config."""
     spec = attack_spec(name)
     x, y = digits_points
-    r = spec.fn(digits_cnn, x[:4], y[:4], eps=EPS[spec.default_norm])
+    r = spec.fn(digits_model(name, digits_cnn), x[:4], y[:4], eps=EPS[spec.default_norm])
     assert {k: r.config[k] for k in spec.defaults()} == spec.defaults()
     assert r.config["norm"] == spec.default_norm == r.norm
 
@@ -65,9 +82,10 @@ def _success_among_correct(success: torch.Tensor, correct: torch.Tensor) -> floa
 def test_untargeted_strength_on_digits(name: str, digits_cnn: nn.Module,
                                        digits_points: tuple[torch.Tensor, torch.Tensor]) -> None:
     spec = attack_spec(name)
+    model = digits_model(name, digits_cnn)
     x, y = digits_points
     eps = EPS[spec.default_norm]
-    r = spec.fn(digits_cnn, x, y, eps=eps, generator=torch.Generator().manual_seed(0))
+    r = spec.fn(model, x, y, eps=eps, generator=torch.Generator().manual_seed(0), **budget(name))
     assert float(r.clean_correct.float().mean()) >= 0.9  # the model is good, so success means something
     rate = _success_among_correct(r.success[0], r.clean_correct)
     floor = TARGETED_FLOOR if r.targeted else UNTARGETED_FLOOR  # illc aims at its own (least-likely) targets
@@ -76,7 +94,7 @@ def test_untargeted_strength_on_digits(name: str, digits_cnn: nn.Module,
     if spec.default_norm != "l0":  # the attack beats random noise of the same budget by far
         noise = LpBall(spec.default_norm, eps).random_init(x, torch.Generator().manual_seed(0))
         with torch.no_grad():
-            noisy = digits_cnn((x + noise).clamp(0, 1)).argmax(dim=1) != y
+            noisy = model((x + noise).clamp(0, 1)).argmax(dim=1) != y
         assert rate >= 0.1 + 3 * _success_among_correct(noisy, r.clean_correct)
 
 
@@ -84,13 +102,14 @@ def test_untargeted_strength_on_digits(name: str, digits_cnn: nn.Module,
 def test_targeted_strength_on_digits(name: str, digits_cnn: nn.Module,
                                      digits_points: tuple[torch.Tensor, torch.Tensor]) -> None:
     spec = attack_spec(name)
+    model = digits_model(name, digits_cnn)
     x, y = digits_points
     targets = random_targets(y, 10, torch.Generator().manual_seed(1))
-    r = spec.fn(digits_cnn, x, targets, eps=EPS[spec.default_norm], targeted=True, true_labels=y,
-                generator=torch.Generator().manual_seed(0))
+    r = spec.fn(model, x, targets, eps=EPS[spec.default_norm], targeted=True, true_labels=y,
+                generator=torch.Generator().manual_seed(0), **budget(name))
     assert float(r.success_rate[0]) >= TARGETED_FLOOR, f"{name} hit only {float(r.success_rate[0]):.1%} of targets"
     with torch.no_grad():
-        hit = digits_cnn(r.x_adv[0]).argmax(dim=1) == targets
+        hit = model(r.x_adv[0]).argmax(dim=1) == targets
     assert torch.equal(hit, r.success[0])  # success means the target class, not any wrong class
 
 
@@ -130,12 +149,13 @@ def test_the_registry_entry_describes_the_attack(name: str, digits_cnn: nn.Modul
     assert spec.summary == (spec.fn.__doc__ or "").strip().splitlines()[0]
     x, y = (t[:4] for t in digits_points)
     eps = EPS[spec.default_norm]
+    model = digits_model(name, digits_cnn)
     if spec.targeted:
-        r = spec.fn(digits_cnn, x, (y + 1) % 10, eps=eps, targeted=True)
+        r = spec.fn(model, x, (y + 1) % 10, eps=eps, targeted=True, **budget(name))
         assert r.targeted
     else:
         with pytest.raises(ValueError, match="targeted"):
-            spec.fn(digits_cnn, x, y, eps=eps, targeted=True)
+            spec.fn(model, x, y, eps=eps, targeted=True)
 
 
 def test_min_norm_attacks_find_small_perturbations_on_digits(
@@ -208,7 +228,7 @@ def test_the_loss_option_takes_effect(name: str, digits_cnn: nn.Module,
     spec = attack_spec(name)
     x, y = (t[:16] for t in digits_points)
     eps = EPS[spec.default_norm] / 2
-    runs = [spec.fn(digits_cnn, x, y, eps=eps, loss=loss, generator=torch.Generator().manual_seed(0))
+    runs = [spec.fn(digits_cnn, x, y, eps=eps, loss=loss, generator=torch.Generator().manual_seed(0), **budget(name))
             for loss in ("ce", "margin")]
     assert not torch.equal(runs[0].x_adv, runs[1].x_adv)
 
@@ -224,5 +244,5 @@ def test_targeted_dlr_uses_the_true_classes(name: str, digits_cnn: nn.Module,
     targets = random_targets(y, 10, torch.Generator().manual_seed(1))
     eps = EPS[spec.default_norm] / 2
     runs = [spec.fn(digits_cnn, x, targets, eps=eps, targeted=True, loss="dlr", true_labels=truth,
-                    generator=torch.Generator().manual_seed(0)) for truth in (y, None)]
+                    generator=torch.Generator().manual_seed(0), **budget(name)) for truth in (y, None)]
     assert not torch.equal(runs[0].x_adv, runs[1].x_adv)

@@ -27,6 +27,7 @@ from advlab.attacks import (
 from advlab.attacks._validation import check_logits, logits_doubts
 from advlab.models.classifier import Classifier
 from advlab.threat import NORMS
+from test_attacks_nonneural import kind_model, model_kinds
 
 NUM_CLASSES = 4
 
@@ -41,6 +42,19 @@ def tiny_model(softmax: bool = False) -> Classifier:
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=gen))
     return Classifier(net)
+
+
+def model_for(name: str) -> nn.Module:
+    """``tiny_model()``, or for an attack on one kind of model (its registered ``models``) a scikit-learn model
+    of that kind for the same inputs."""
+    kinds = model_kinds(name)
+    return kind_model(kinds[0], (1, 6, 6), NUM_CLASSES) if kinds else tiny_model()
+
+
+def needs_any_model(name: str) -> None:
+    """Skips tests that wrap the tiny network's outputs for attacks that need a model of their own kind."""
+    if model_kinds(name):
+        pytest.skip(f"{name} attacks {'/'.join(model_kinds(name))} models only, not a wrapped network")
 
 
 def inputs(n: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,6 +258,7 @@ def test_one_example_of_scaled_probabilities_is_doubted_not_refused() -> None:
 
 def test_log_probabilities_are_logits(name: str) -> None:
     """log-softmax outputs are logits up to a per-row constant: accepted without a doubt."""
+    needs_any_model(name)
     x, y = inputs(4)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RobustnessWarning)
@@ -253,6 +268,7 @@ def test_log_probabilities_are_logits(name: str) -> None:
 
 
 def test_sigmoid_outputs_warn_once_per_call(name: str) -> None:
+    needs_any_model(name)
     x, y = inputs(6)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -316,7 +332,7 @@ def test_no_gradient_warning_for_a_healthy_model(name: str) -> None:
     x, y = inputs(6)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RobustnessWarning)
-        call(name, tiny_model(), x, y)
+        call(name, model_for(name), x, y)
 
 
 # ---------------------------------------------------------------- eps given as NumPy numbers
@@ -328,7 +344,7 @@ def test_numpy_eps_is_accepted(name: str, eps: Any) -> None:
     norm = attack_spec(name).norms[0]
     if norm == "l0":
         eps = np.int64(4) if np.ndim(eps) == 0 else [np.int64(4)]
-    result = call(name, tiny_model(), x, y, eps=eps, norm=norm)
+    result = call(name, model_for(name), x, y, eps=eps, norm=norm)
     assert result.eps == ((4.0,) if norm == "l0" else (0.1,))
 
 

@@ -77,6 +77,8 @@ def test_fuzzed_attack_options_never_show_a_traceback(
     values.setdefault("--n", SMALL["--n"])
     if "steps" in attack_spec(attack).defaults():
         values.setdefault("--steps", SMALL["--steps"])
+    if "max_queries" in attack_spec(attack).defaults():  # a black-box attack: a small query budget
+        values.setdefault("--max-queries", "50")
     out = tmp_path / f"fuzz-{next(_COUNTER)}.json"
     args: list[Any] = ["attack", "--checkpoint", checkpoint, "--attack", attack, "--json", out, "--no-progress"]
     for key, value in values.items():

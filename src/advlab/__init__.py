@@ -30,19 +30,24 @@ _EXPORTS: dict[str, str] = {
     "load_checkpoint": "advlab.models",
     "save_checkpoint": "advlab.models",
     "LpBall": "advlab.threat",
+    "Oracle": "advlab.oracle",
+    "QueryBudgetError": "advlab.oracle",
 }
-_SUBMODULES = ("attacks", "data", "defenses", "evaluate", "experiments", "models", "threat", "train")
+_SUBMODULES = (
+    "attacks", "blackbox", "data", "defenses", "evaluate", "experiments", "models", "oracle", "threat", "train",
+)
 
 __all__ = ["__version__", *_EXPORTS, *_SUBMODULES]
 
 if TYPE_CHECKING:
-    from advlab import attacks, data, defenses, evaluate, experiments, models, threat, train
+    from advlab import attacks, blackbox, data, defenses, evaluate, experiments, models, oracle, threat, train
     from advlab._allocator import keep_freed_memory
     from advlab.attacks import AttackResult, list_attacks
     from advlab.data import dataset_info, list_datasets, load_dataset
     from advlab.defenses import list_defenses
     from advlab.experiments import list_experiments
     from advlab.models import Classifier, create_model, list_models, load_checkpoint, save_checkpoint
+    from advlab.oracle import Oracle, QueryBudgetError
     from advlab.threat import LpBall
 
 

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 from advlab.attacks._apgd import APGDConfig, apgd
 from advlab.attacks._bim import BIMConfig, bim, bim_schedule, illc
+from advlab.attacks._blackbox import BlackBoxContext, run_blackbox
 from advlab.attacks._context import AttackContext, Kernel
 from advlab.attacks._craft import craft, craft_config, craftable
 from advlab.attacks._cw import CWConfig, CWLinfConfig, cw, cw_linf
 from advlab.attacks._deepfool import DeepFoolConfig, deepfool
 from advlab.attacks._engine import run_attack
+from advlab.attacks._estimate import EstimatedGradients, NESConfig, SPSAConfig, nes, spsa
 from advlab.attacks._fgsm import FGMConfig, fgm, fgsm
+from advlab.attacks._hsja import HSJAConfig, hsja
 from advlab.attacks._jsma import JSMAConfig, jsma
+from advlab.attacks._knn import KNNConfig, knn
+from advlab.attacks._linear import WeightSignConfig, weight_sign
 from advlab.attacks._losses import LOSSES, ce_objective, dlr_objective, margin_objective, objective
 from advlab.attacks._mifgsm import MIFGSMConfig, mifgsm
 from advlab.attacks._mode import attack_mode, progress
@@ -32,6 +37,9 @@ from advlab.attacks._registry import (
 )
 from advlab.attacks._result import AttackResult
 from advlab.attacks._rfgsm import RFGSMConfig, rfgsm
+from advlab.attacks._simba import SimBAConfig, simba
+from advlab.attacks._square import SquareConfig, square
+from advlab.attacks._tree import TreeConfig, TreePapernotConfig, tree, tree_papernot
 from advlab.attacks._warnings import AlreadyAtTargetWarning, RobustnessWarning
 
 __all__ = [
@@ -44,17 +52,28 @@ __all__ = [
     "AttackResult",
     "AttackSpec",
     "BIMConfig",
+    "BlackBoxContext",
     "CWConfig",
     "CWLinfConfig",
     "DeepFoolConfig",
+    "EstimatedGradients",
     "FGMConfig",
+    "HSJAConfig",
     "JSMAConfig",
+    "KNNConfig",
     "Kernel",
     "MIFGSMConfig",
+    "NESConfig",
     "PGDConfig",
     "RFGSMConfig",
     "RandomDraw",
     "RobustnessWarning",
+    "SPSAConfig",
+    "SimBAConfig",
+    "SquareConfig",
+    "TreeConfig",
+    "TreePapernotConfig",
+    "WeightSignConfig",
     "apgd",
     "attack_mode",
     "attack_spec",
@@ -71,15 +90,25 @@ __all__ = [
     "fgm",
     "fgsm",
     "get_attack",
+    "hsja",
     "illc",
     "jsma",
+    "knn",
     "list_attacks",
     "margin_objective",
     "mifgsm",
+    "nes",
     "objective",
     "pgd",
     "progress",
     "register_attack",
     "rfgsm",
     "run_attack",
+    "run_blackbox",
+    "simba",
+    "spsa",
+    "square",
+    "tree",
+    "tree_papernot",
+    "weight_sign",
 ]

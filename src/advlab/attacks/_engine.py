@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from advlab._validate import check_int, check_labels, check_optional
 from advlab.attacks._context import AttackContext, Kernel
 from advlab.attacks._mode import attack_mode, mismatch_hint, progress_callback
-from advlab.attacks._registry import attack_spec
+from advlab.attacks._registry import AttackSpec, attack_spec
 from advlab.attacks._result import AttackResult
 from advlab.attacks._validation import (
     check_input_shape,
@@ -99,26 +99,11 @@ def run_attack(
     """
     t0 = time.perf_counter()
     spec = attack_spec(name)
-    if not isinstance(config, spec.config):
-        raise TypeError(f"attack {name!r} takes a {spec.config.__name__}, got {type(config).__name__}")
-    norm = check_norm(norm, spec.norms)
-    budgets = validate_eps(eps)
     bounds = model_bounds(model)
-    y = validate_inputs(x, y, bounds)
-    check_input_shape(model, x)
-    check_optional("batch_size", batch_size, check_int)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    if choose_targets is not None:
-        targeted, true_labels = True, y
-    elif true_labels is not None:
-        true_labels = check_labels(true_labels, x.shape[0], "true_labels", device=x.device)
-        if targeted and bool((true_labels == y).any()):
-            bad = int((true_labels == y).nonzero()[0, 0])
-            raise ValueError(
-                f"targeted attack: the target of example {bad} equals its true label ({int(y[bad])}); "
-                f"choose targets different from the true classes (e.g. threat.choose_targets)"
-            )
+    norm, budgets, y, targeted, true_labels = validate_call(
+        spec, config, bounds, model, x, y, eps=eps, norm=norm, targeted=targeted, generator=generator,
+        batch_size=batch_size, true_labels=true_labels, choose_targets=choose_targets is not None,
+    )
     n = x.shape[0]
     chunk = batch_size or n
     x_adv = torch.empty((len(budgets), *x.shape), dtype=x.dtype, device=x.device)
@@ -161,14 +146,60 @@ def run_attack(
         raise
     all_logits = torch.cat(clean_logits)
     check_logits(all_logits, n)  # across chunks too (a chunk of one example cannot show a common row sum)
+    result = assemble_result(
+        name, config, x, x_adv, adv_pred, labels, all_logits.argmax(dim=1), norm=norm, budgets=budgets,
+        targeted=targeted, true_labels=true_labels, batch_size=batch_size, n_forward=ctx.n_forward,
+        n_backward=ctx.n_backward, n_queries=ctx.n_forward, t0=t0,
+    )
+    warn_call(name, n, logits_doubts(all_logits), ctx, result.n_already_at_target)
+    return result
+
+
+def validate_call(
+    spec: AttackSpec, config: Any, bounds: tuple[float, float], model: object, x: Tensor, y: Tensor, *,
+    eps: float | Sequence[float], norm: str, targeted: bool, generator: torch.Generator | None,
+    batch_size: int | None, true_labels: Tensor | None, choose_targets: bool = False,
+) -> tuple[str, tuple[float, ...], Tensor, bool, Tensor | None]:
+    """The checks of an attack call shared by every engine: the config's type, the norm, the budgets, the
+    inputs and labels (within ``bounds``; of the shape ``model`` records), batch size, generator and the
+    targets against ``true_labels``. Returns ``(norm, budgets, y, targeted, true_labels)``, with
+    ``choose_targets`` (an attack choosing its own targets): targeted, and ``true_labels = y``."""
+    name = spec.name
+    if not isinstance(config, spec.config):
+        raise TypeError(f"attack {name!r} takes a {spec.config.__name__}, got {type(config).__name__}")
+    norm = check_norm(norm, spec.norms)
+    budgets = validate_eps(eps)
+    y = validate_inputs(x, y, bounds)
+    check_input_shape(model, x)
+    check_optional("batch_size", batch_size, check_int)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if choose_targets:
+        targeted, true_labels = True, y
+    elif true_labels is not None:
+        true_labels = check_labels(true_labels, x.shape[0], "true_labels", device=x.device)
+        if targeted and bool((true_labels == y).any()):
+            bad = int((true_labels == y).nonzero()[0, 0])
+            raise ValueError(
+                f"targeted attack: the target of example {bad} equals its true label ({int(y[bad])}); "
+                f"choose targets different from the true classes (e.g. threat.choose_targets)"
+            )
+    return norm, budgets, y, targeted, true_labels
+
+
+def assemble_result(
+    name: str, config: Any, x: Tensor, x_adv: Tensor, adv_pred: Tensor, labels: Tensor, clean_pred: Tensor, *,
+    norm: str, budgets: tuple[float, ...], targeted: bool, true_labels: Tensor | None, batch_size: int | None,
+    n_forward: int, n_backward: int, n_queries: int, t0: float, queries: Tensor | None = None,
+) -> AttackResult:
+    """The :class:`AttackResult` of a finished call, from the final (projected, clipped) inputs ``x_adv``
+    ``(B, N, ...)``, their re-checked predictions ``adv_pred`` ``(B, N)`` and the clean predictions."""
     success = adv_pred == labels if targeted else adv_pred != labels
-    clean_pred = all_logits.argmax(dim=1)
     if targeted and true_labels is not None:
         clean_correct = clean_pred == true_labels
     else:
         clean_correct = clean_pred != labels if targeted else clean_pred == labels
     already = clean_pred == labels if targeted else torch.zeros_like(clean_correct)
-    warn_call(name, n, logits_doubts(all_logits), ctx, int(already.sum()))
     distances = torch.stack([LpBall(norm, 0.0).distance(x, x_adv[i]) for i in range(len(budgets))])
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
@@ -178,6 +209,6 @@ def run_attack(
         attack=name, eps=budgets, norm=norm, targeted=targeted, labels=labels, x_adv=x_adv.detach(),
         success=success, adv_pred=adv_pred, distances=distances, clean_correct=clean_correct, clean_pred=clean_pred,
         already_at_target=already,
-        n_forward=ctx.n_forward, n_backward=ctx.n_backward, n_queries=ctx.n_forward,
-        seconds=time.perf_counter() - t0, config=cfg,
+        n_forward=n_forward, n_backward=n_backward, n_queries=n_queries,
+        seconds=time.perf_counter() - t0, config=cfg, queries=queries,
     )

@@ -30,6 +30,9 @@ class AttackSpec:
             onto every budget). summary: the first line of the function's docstring.
         kernel: ``kernel(config, norm)`` builds the attack's kernel, for :func:`~advlab.attacks.craft` (the
             lean path of adversarial training); ``None`` for attacks not offered there.
+        models: the kinds of model the attack applies to (``kind`` of the modules built by
+            :func:`advlab.models.from_sklearn`: ``tree``, ``knn``, ``linear``, ...); empty: any model that
+            returns logits.
     """
 
     name: str
@@ -40,6 +43,7 @@ class AttackSpec:
     min_norm: bool
     summary: str
     kernel: KernelFactory | None = None
+    models: tuple[str, ...] = ()
 
     @property
     def default_norm(self) -> str:
@@ -56,18 +60,18 @@ ATTACKS: Registry[AttackSpec] = Registry("attack")
 
 def register_attack(
     name: str, *, norms: tuple[str, ...], config: type, targeted: bool = True, min_norm: bool = False,
-    kernel: KernelFactory | None = None,
+    kernel: KernelFactory | None = None, models: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., AttackResult]], Callable[..., AttackResult]]:
     """Registers an attack function under ``name`` with its config dataclass and the norms it supports
     (the first is its default); ``kernel(config, norm)``, when given, makes it available to
-    :func:`~advlab.attacks.craft`."""
+    :func:`~advlab.attacks.craft`; ``models`` names the model kinds it is limited to (see :class:`AttackSpec`)."""
     if not (dataclasses.is_dataclass(config) and isinstance(config, type)):
         raise TypeError(f"config of attack {name!r} must be a dataclass type, got {config!r}")
 
     def decorator(fn: Callable[..., AttackResult]) -> Callable[..., AttackResult]:
         doc = (fn.__doc__ or "").strip().splitlines()
         summary = doc[0] if doc else ""
-        ATTACKS.register(name)(AttackSpec(name, fn, norms, config, targeted, min_norm, summary, kernel))
+        ATTACKS.register(name)(AttackSpec(name, fn, norms, config, targeted, min_norm, summary, kernel, models))
         return fn
 
     return decorator

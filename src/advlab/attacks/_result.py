@@ -32,9 +32,13 @@ class AttackResult:
             the goal after the attack"), but :attr:`success_rate` does not count it;
             :attr:`n_already_at_target` counts them.
         n_forward / n_backward: model evaluations / input-gradient computations, counted per example.
-        n_queries: forward evaluations made as queries (equals ``n_forward`` for white-box attacks).
+        n_queries: forward evaluations made as queries (equals ``n_forward`` for white-box attacks; for
+            black-box attacks the queries the attacker made, ``n_forward`` adding the engine's unmetered
+            re-checks).
         seconds: wall time of the whole call.
         config: the attack's full configuration (hyper-parameters, norm, budgets, targeted, batch size).
+        queries: black-box attacks: ``(B, N)`` int64 queries made for each example, one row per budget (a
+            minimum-norm attack runs once: every row holds that run's counts); ``None`` for white-box attacks.
     """
 
     attack: str
@@ -54,6 +58,7 @@ class AttackResult:
     n_queries: int
     seconds: float
     config: dict[str, Any] = field(default_factory=dict)
+    queries: Tensor | None = None
 
     @property
     def robust_accuracy(self) -> Tensor:
@@ -80,7 +85,9 @@ class AttackResult:
     def summary(self) -> list[dict[str, float]]:
         """One JSON-ready dict per budget: eps, robust_accuracy (untargeted), success_rate (see
         :attr:`success_rate`), median/mean distance of the successful examples (NaN when none; targeted:
-        examples already at their target excluded)."""
+        examples already at their target excluded); black-box attacks add the mean and median queries per
+        example, of all examples (``mean_queries``, ``median_queries``) and of the successful ones
+        (``mean_queries_success``, ``median_queries_success``)."""
         rows = []
         rates = self.success_rate
         for i, e in enumerate(self.eps):
@@ -91,5 +98,10 @@ class AttackResult:
                 row["robust_accuracy"] = float(self.robust_accuracy[i])
             row["median_distance"] = float(dist.median()) if dist.numel() else math.nan
             row["mean_distance"] = float(dist.mean()) if dist.numel() else math.nan
+            if self.queries is not None:  # black-box: queries per example, of all and of the successful ones
+                q = self.queries[i].double()
+                row["mean_queries"], row["median_queries"] = float(q.mean()), float(q.median())
+                row["mean_queries_success"] = float(q[ok].mean()) if bool(ok.any()) else math.nan
+                row["median_queries_success"] = float(q[ok].median()) if bool(ok.any()) else math.nan
             rows.append(row)
         return rows

@@ -5,10 +5,15 @@ and :func:`warn_call`, which emits them for one attack call."""
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from advlab.attacks._context import AttackContext
+
+class GradientCounts(Protocol):
+    """What :func:`warn_call` reads of an attack's context: inputs whose first loss gradient was checked, and
+    how many of those had an exactly zero gradient (both 0 for attacks without gradients)."""
+
+    grad_checked: int
+    grad_vanished: int
 
 
 class RobustnessWarning(UserWarning):
@@ -22,7 +27,7 @@ class AlreadyAtTargetWarning(UserWarning):
     ``AttackResult.already_at_target`` marks them and they do not count as attack successes."""
 
 
-def warn_call(name: str, n: int, doubts: list[str], ctx: AttackContext, already: int) -> None:
+def warn_call(name: str, n: int, doubts: list[str], ctx: GradientCounts, already: int) -> None:
     """The call's warnings, each at most once: doubts about the logits, vanishing gradients, and targeted
     examples already at their target."""
     for doubt in doubts:

@@ -213,6 +213,10 @@ def _print_table(payload: dict[str, Any], json_out: Path, grid: Path | None) -> 
         f"{payload['n_forward']} forward / {payload['n_backward']} backward passes, {payload['seconds']:.2f} s"
         + (f" ({rate:.1f} examples/s)" if rate else "")
     )
+    for row in payload["results"]:
+        if "mean_queries" in row:  # a black-box attack: the attacker's queries per example
+            click.echo(f"eps {row['eps']:.4g}: {row['mean_queries']:.1f} mean / {row['median_queries']:.0f} median "
+                       f"queries per example")
     click.echo(f"results: {json_out}")
     if grid is not None:
         click.echo(f"grid: {grid}")

@@ -31,11 +31,14 @@ class EvalRecord:
         results: one row per budget: ``eps``, ``robust_accuracy`` (accuracy w.r.t. the true classes on the
             adversarial inputs), ``success_rate`` (untargeted: misclassified; targeted: the target hit by the
             attack, over all ``n`` examples, those already at their target before it not counted),
-            ``median_distance`` / ``mean_distance`` of the successful examples (NaN when none).
+            ``median_distance`` / ``mean_distance`` of the successful examples (NaN when none); black-box
+            attacks add the queries per example (``mean_queries``, ``median_queries``, and of the successful
+            examples ``mean_queries_success``, ``median_queries_success``).
         n_already_at_target: targeted runs: examples the model already assigned to their target before the
             attack (attacked, but not counted as successes; an ``AlreadyAtTargetWarning`` says so); 0 when
             untargeted.
-        n_forward / n_backward / n_queries: cost, per example evaluated (target choice included).
+        n_forward / n_backward / n_queries: cost, per example evaluated (target choice included); for a
+            black-box attack ``n_queries`` counts the attacker's queries, ``n_forward`` adds the unmetered checks.
         seconds: wall time. result: the :class:`AttackResult` (not serialised).
         x / y: the examples attacked and their true classes (not serialised).
         model: the model attacked (not serialised), e.g. for an image grid of the record.
