@@ -13,5 +13,24 @@ Example:
 from __future__ import annotations
 
 from advlab.evaluate._attack import EvalRecord, attack_checkpoint, evaluate_attack, json_safe
+from advlab.evaluate._transfer import (
+    KIND_ATTACKS,
+    TransferMatrix,
+    has_input_gradient,
+    model_kind,
+    transfer_matrix,
+    transfer_matrix_checkpoints,
+)
 
-__all__ = ["EvalRecord", "attack_checkpoint", "evaluate_attack", "json_safe"]
+__all__ = [
+    "KIND_ATTACKS",
+    "EvalRecord",
+    "TransferMatrix",
+    "attack_checkpoint",
+    "evaluate_attack",
+    "has_input_gradient",
+    "json_safe",
+    "model_kind",
+    "transfer_matrix",
+    "transfer_matrix_checkpoints",
+]
