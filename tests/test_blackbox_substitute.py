@@ -220,7 +220,9 @@ def test_substitute_attack_report(digits: tuple[Tensor, Tensor], target: nn.Modu
     rep = substitute_attack(oracle, x[seed_idx], x[rest], y[rest], attack="fgsm", eps=0.3, model="mlp",
                             dataset="digits", rounds=3, epochs=5, seed=0)
     n = len(rest)
-    assert rep.n == n and rep.queries == 600 and rep.attack_queries == 0 and oracle.total_queries == 600
+    # the default crafting labels are the oracle's: one more query per attacked point
+    assert rep.n == n and rep.queries == 600 and rep.attack_queries == n and oracle.total_queries == 600 + n
+    assert rep.craft_labels == "oracle" and rep.config["attack_config"]["loss"] == "margin"
     # the threat model: inside the eps ball and the bounds
     delta = (rep.x_adv - x[rest]).abs().flatten(1).amax(1)
     assert bool((delta <= 0.3 + 1e-6).all()) and float(rep.x_adv.min()) >= 0 and float(rep.x_adv.max()) <= 1
@@ -369,10 +371,28 @@ def test_improved_substitute_attack_stays_in_the_threat_model(
     oracle = Oracle(target, output="labels", max_total_queries=400)
     rep = substitute_attack(oracle, x[seed_idx], x[rest], y[rest], attack="fgsm", eps=0.3, model="mlp",
                             dataset="digits", rounds=3, epochs=4, ensemble=2, final_epochs=6, shift=1, seed=0,
-                            attack_options={"loss": "margin"})
+                            attack_options={"loss": "margin"}, craft_labels="substitute")
     assert rep.queries == 400 == oracle.total_queries and rep.attack_queries == 0
     delta = (rep.x_adv - x[rest]).abs().flatten(1).amax(1)
     assert bool((delta <= 0.3 + 1e-6).all()) and float(rep.x_adv.min()) >= 0 and float(rep.x_adv.max()) <= 1
     assert rep.substitute_accuracy > 0.5 and rep.oracle_misclassification > 0.3
     cfg = rep.to_dict()["config"]["substitute"]
     assert (cfg["ensemble"], cfg["final_epochs"], cfg["shift"]) == (2, 6, 1)
+
+
+def test_cnn_small_substitute_has_no_dropout_by_default(digits: tuple[Tensor, Tensor], target: nn.Module) -> None:
+    """advlab's default substitute options (SUBSTITUTE_MODEL_OPTIONS) apply to a zoo name, and ``{}`` restores
+    the zoo's defaults."""
+    from advlab.blackbox import SUBSTITUTE_MODEL_OPTIONS
+
+    x = digits[0][:20]
+    default = train_substitute(Oracle(target, output="labels"), x, model="cnn-small", dataset="digits", rounds=1,
+                               epochs=1)
+    assert default.config["model_options"] == SUBSTITUTE_MODEL_OPTIONS["cnn-small"] == {"conv_dropout": 0.0,
+                                                                                        "dropout": 0.0}
+    dropouts = [m.p for m in default.model.modules() if isinstance(m, (nn.Dropout, nn.Dropout2d))]
+    assert all(p == 0.0 for p in dropouts)
+    zoo = train_substitute(Oracle(target, output="labels"), x, model="cnn-small", dataset="digits", rounds=1,
+                           epochs=1, model_options={})
+    assert zoo.config["model_options"] == {}
+    assert any(m.p > 0 for m in zoo.model.modules() if isinstance(m, (nn.Dropout, nn.Dropout2d)))

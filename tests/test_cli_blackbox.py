@@ -87,7 +87,8 @@ def test_blackbox_writes_the_record(capsys: pytest.CaptureFixture[str], ckpts: d
               "--json", out)
     assert run.code == 0, run
     p = json.loads(out.read_text())
-    assert p["queries"] == 100 and p["attack_queries"] == 0  # 50 * 2 ** (2 - 1)
+    # 50 * 2 ** (2 - 1) to train; by default the oracle labels the attacked points too
+    assert p["queries"] == 100 and p["attack_queries"] == p["n"] and p["craft_labels"] == "oracle"
     for key in ("substitute_accuracy", "substitute_agreement", "oracle_misclassification", "oracle_clean_accuracy"):
         assert 0.0 <= p[key] <= 1.0
     assert p["n"] == 60 and p["attack"] == "fgsm" and p["eps"] == 0.3 and p["norm"] == "linf"
@@ -128,7 +129,7 @@ def test_blackbox_ensemble_and_training_options(
     p = json.loads(out.read_text())
     sub = p["config"]["substitute"]
     assert (sub["ensemble"], sub["final_epochs"], sub["shift"], sub["recipe"]["weight_decay"]) == (3, 3, 1, 1e-4)
-    assert p["queries"] == 100 and p["attack_queries"] == 0  # the extra members cost no query
+    assert p["queries"] == 100 and p["attack_queries"] == p["n"]  # the extra members cost no query
     assert p["config"]["attack_config"]["loss"] == "margin"
     assert "ensemble_accuracy" in p["history"][-1] and "ensemble of 3 substitutes" in run.out
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from advlab.blackbox._run import substitute_attack_checkpoint
 from advlab.blackbox._substitute import (
+    SUBSTITUTE_MODEL_OPTIONS,
     SUBSTITUTE_RECIPE,
     BlackBoxReport,
     Substitute,
@@ -37,6 +38,7 @@ from advlab.blackbox._transfer import (
 )
 
 __all__ = [
+    "SUBSTITUTE_MODEL_OPTIONS",
     "SUBSTITUTE_RECIPE",
     "BlackBoxReport",
     "EnsembleSurrogate",

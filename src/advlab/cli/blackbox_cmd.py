@@ -48,8 +48,8 @@ hyper_options = config_options(
               help="White-box attack run on the substitute (see `advlab list attacks`).")
 @click.option("--eps", type=FiniteFloat(min=0), default=0.3, show_default=True, help="Budget, raw input units.")
 @click.option("--norm", type=click.Choice(list(NORMS)), default=None, help="Threat model (default: the attack's).")
-@click.option("--lam", type=FiniteFloat(min=0, min_open=True), default=0.1, show_default=True,
-              help="Jacobian augmentation step lambda.")
+@click.option("--lam", type=FiniteFloat(min=0, min_open=True), default=0.2, show_default=True,
+              help="Jacobian augmentation step lambda (the paper: 0.1).")
 @click.option("--tau", type=click.IntRange(min=1), default=3, show_default=True,
               help="The step's sign flips every TAU rounds.")
 @click.option("--reservoir", type=click.IntRange(min=1), default=None,
@@ -71,7 +71,7 @@ hyper_options = config_options(
               help="Train on the labelled images randomly shifted by up to SHIFT pixels (labels kept).")
 @click.option("--weight-decay", type=FiniteFloat(min=0), default=0.0, show_default=True,
               help="Weight decay of the substitute's SGD.")
-@click.option("--craft-labels", type=click.Choice(["substitute", "oracle"]), default="substitute", show_default=True,
+@click.option("--craft-labels", type=click.Choice(["substitute", "oracle"]), default="oracle", show_default=True,
               help="Labels the attack crafts with: the substitute's predictions (no query) or the oracle's "
               "(one query per point).")
 @hyper_options
@@ -122,9 +122,9 @@ def blackbox_command(
             report = substitute_attack_checkpoint(
                 checkpoint, data=data_name, split=split, data_root=data_root, seed_size=seed_size, n=n,
                 max_queries=max_queries, device=dev, seed=seed, attack=attack_name, eps=eps, norm=norm,
-                attack_options=params, craft_labels=craft_labels, model=substitute_model, rounds=rounds, lam=lam,
-                tau=tau, reservoir=reservoir, reservoir_after=reservoir_after, epochs=epochs, batch_size=batch_size,
-                ensemble=ensemble, final_epochs=final_epochs, shift=shift,
+                attack_options=params or None, craft_labels=craft_labels, model=substitute_model, rounds=rounds,
+                lam=lam, tau=tau, reservoir=reservoir, reservoir_after=reservoir_after, epochs=epochs,
+                batch_size=batch_size, ensemble=ensemble, final_epochs=final_epochs, shift=shift,
                 recipe=dataclasses.replace(SUBSTITUTE_RECIPE, weight_decay=weight_decay), progress=not no_progress,
             )
     except QueryBudgetError as err:
