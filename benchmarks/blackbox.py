@@ -258,7 +258,42 @@ def part_matrix(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-PARTS = {"substitute": part_substitute, "ensemble": part_ensemble, "matrix": part_matrix}
+def part_networks(args: argparse.Namespace) -> dict[str, Any]:
+    """RBF and maxout networks as targets: zoo networks trained for 2 epochs on disjoint halves of the MNIST
+    training set (sources on half A, targets on half B), FGSM transfer at eps 0.3."""
+    xtr, ytr = advlab.load_dataset("mnist", "train", root=args.data_root)
+    xt, yt = advlab.load_dataset("mnist", "test", root=args.data_root)
+    order = torch.randperm(xtr.shape[0], generator=torch.Generator().manual_seed(args.seed))
+    half = xtr.shape[0] // 2
+    halves = {"A": order[:half], "B": order[half:]}
+    recipe = Recipe(epochs=2, lr=1e-3, batch_size=128)
+    models: dict[str, nn.Module] = {}
+    for h, zoo in (("A", ("mlp", "cnn-small")), ("B", ("mlp", "cnn-small", "rbf", "maxout"))):
+        for name in zoo:
+            path = DEFAULT_WORK_DIR / "blackbox" / f"networks-{h}-{name}-seed{args.seed}"
+            if not (path / "model.json").exists():
+                log(f"training {name} on half {h} ({half} images, 2 epochs)")
+                idx = halves[h]
+                run = train_model(name, (xtr[idx], ytr[idx], xt, yt), recipe, dataset="mnist", seed=args.seed)
+                log(f"  test accuracy {run.summary['test_accuracy']:.4f} in {run.summary['seconds']:.0f} s")
+                save_run(run, path)
+            models[f"{name}-{h}"] = advlab.load_checkpoint(path)
+    attacks = {k: ("fgsm" if k.endswith("-A") else None) for k in models}
+    from advlab.evaluate import transfer_matrix
+
+    matrix = transfer_matrix(models, xt[: args.matrix_n], yt[: args.matrix_n], attack=attacks, eps=0.3,
+                             norm="linf", seed=args.seed, batch_size=250)
+    out = matrix.to_dict()
+    png = RESULTS.parent / "blackbox-networks-mnist.png"
+    matrix.save_heatmap(png, overwrite=True)
+    out["heatmap"] = str(png.relative_to(REPO))
+    print(markdown_table(["source \\ target", *matrix.names],
+                         [[src, *[pct(v) if v is not None else "-" for v in row]]
+                          for src, row in zip(matrix.names, out["rates"], strict=True) if row is not None]))
+    return out
+
+
+PARTS = {"substitute": part_substitute, "ensemble": part_ensemble, "matrix": part_matrix, "networks": part_networks}
 
 
 def main() -> None:
