@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,24 +47,12 @@ def substitute_attack_checkpoint(
         ValueError: a checkpoint without a dataset when ``data`` is not given, data of another shape than the
             model's, bad settings. FileNotFoundError: missing checkpoint or data.
     """
-    from advlab.data import load_dataset
-    from advlab.models import load_checkpoint, load_checkpoint_metadata
+    from advlab.models import load_checkpoint_data
 
     seed_size = check_int("seed_size", seed_size)
     check_optional("n", n, check_int)
-    meta = load_checkpoint_metadata(checkpoint)
-    dev = torch.device(device)
-    model = load_checkpoint(checkpoint, device=dev)
-    dataset = data or meta.get("dataset")
-    if not dataset:
-        raise ValueError("the checkpoint records no dataset; name one (--data)")
-    x_all, y_all = load_dataset(dataset, split, root=data_root)
-    in_shape = tuple(meta["model"]["config"]["in_shape"])
-    if tuple(x_all.shape[1:]) != in_shape:
-        raise ValueError(
-            f"the model takes inputs of shape {in_shape} but {dataset!r} has {tuple(x_all.shape[1:])}; "
-            f"pass the dataset the model was trained on (--data)"
-        )
+    loaded = load_checkpoint_data(checkpoint, data=data, split=split, data_root=data_root, device=device)
+    model, dataset, x_all, y_all, dev = loaded.model, loaded.dataset, loaded.x, loaded.y, loaded.device
     if seed_size >= len(y_all):
         raise ValueError(f"seed_size={seed_size} leaves no {split} example of {dataset!r} ({len(y_all)}) to attack")
     seed_idx, rest = split_seed_set(y_all, seed_size, seed=seed)
@@ -75,9 +62,7 @@ def substitute_attack_checkpoint(
     report = substitute_attack(oracle, x_all[seed_idx].to(dev), x_all[rest].to(dev), y_all[rest].to(dev),
                                seed=seed, **options)
     report.config.update({
-        "checkpoint": str(Path(checkpoint).resolve()), "model": meta["model"]["name"],
-        "model_config": meta["model"]["config"], "model_hash": meta.get("weights", {}).get("content_hash"),
-        "dataset": dataset, "split": split, "seed_size": seed_size, "n_requested": n, "max_queries": max_queries,
+        **loaded.provenance(), "seed_size": seed_size, "n_requested": n, "max_queries": max_queries,
         "device": str(dev), "seed_indices": seed_idx.tolist(),
     })
     return report

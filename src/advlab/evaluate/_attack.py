@@ -222,29 +222,13 @@ def attack_checkpoint(
     ``data`` defaults to the dataset recorded in the checkpoint. Raises ``ValueError`` (bad names, shapes or
     values) or ``FileNotFoundError`` (missing checkpoint or data) with a message naming the fix.
     """
-    from advlab.data import load_dataset
-    from advlab.models import load_checkpoint, load_checkpoint_metadata
+    from advlab.models import load_checkpoint_data
 
-    meta = load_checkpoint_metadata(checkpoint)
-    dev = torch.device(device)
-    model = load_checkpoint(checkpoint, device=dev)
-    dataset = data or meta.get("dataset")
-    if not dataset:
-        raise ValueError("the checkpoint records no dataset; name one (--data)")
-    x_all, y_all = load_dataset(dataset, split, root=data_root)
-    in_shape = tuple(meta["model"]["config"]["in_shape"])
-    if tuple(x_all.shape[1:]) != in_shape:
-        raise ValueError(
-            f"the model takes inputs of shape {in_shape} but {dataset!r} has {tuple(x_all.shape[1:])}; "
-            f"pass the dataset the model was trained on (--data)"
-        )
-    x, y = x_all[:n].to(dev), y_all[:n].to(dev)
+    loaded = load_checkpoint_data(checkpoint, data=data, split=split, data_root=data_root, device=device)
+    dev = loaded.device
+    x, y = loaded.x[:n].to(dev), loaded.y[:n].to(dev)
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    record = evaluate_attack(model, x, y, attack, eps=eps, targets=targets, batch_size=batch_size,
+    record = evaluate_attack(loaded.model, x, y, attack, eps=eps, targets=targets, batch_size=batch_size,
                              generator=generator, show_progress=show_progress, **params)
-    record.config.update({
-        "checkpoint": str(Path(checkpoint).resolve()), "model": meta["model"]["name"],
-        "model_config": meta["model"]["config"], "model_hash": meta.get("weights", {}).get("content_hash"),
-        "dataset": dataset, "split": split, "n_requested": n, "seed": seed, "device": str(dev),
-    })
+    record.config.update({**loaded.provenance(), "n_requested": n, "seed": seed, "device": str(dev)})
     return record

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 from advlab.models import zoo as zoo  # registers the built-in models
+from advlab.models._checkpoint_data import CheckpointData, load_checkpoint_data
 from advlab.models._sklearn import (  # registers the scikit-learn models
     RBFSVM,
     SKLEARN_MODELS,
@@ -40,6 +41,7 @@ __all__ = [
     "RBFSVM",
     "SKLEARN_MODELS",
     "BasicBlock",
+    "CheckpointData",
     "CheckpointExistsError",
     "Classifier",
     "ForestModel",
@@ -56,6 +58,7 @@ __all__ = [
     "is_sklearn_model",
     "list_models",
     "load_checkpoint",
+    "load_checkpoint_data",
     "load_checkpoint_metadata",
     "model_hash",
     "register_model",
