@@ -6,18 +6,11 @@ import json
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import pytest
 import torch
 
-from advlab.cli.main import main
-
-
-class Run(NamedTuple):
-    code: int
-    out: str
-    err: str
+from test_cli_errors import cli, error_line
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -53,25 +46,6 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         cifar = create_model("softmax", dataset="cifar10", generator=torch.Generator().manual_seed(0))
         out["cifar"] = save_checkpoint(cifar, base / "cifar", dataset="cifar10")
     return out
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: Any) -> Run:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return Run(code if isinstance(code, int) else (0 if code is None else 1), out, err)
-
-
-def error_line(run: Run) -> str:
-    """The one error line of a failed run (click's ``Error: ...`` or ours ``advlab: error: ...``)."""
-    text = run.out + run.err
-    assert run.code != 0, text
-    assert "Traceback" not in text, text
-    lines = [line for line in run.err.splitlines() if line.startswith(("Error:", "advlab: error:"))]
-    assert len(lines) == 1, text
-    return lines[0]
 
 
 SMALL = ["--seed-size", "50", "--rounds", "2", "--epochs", "2", "--substitute", "softmax", "--n", "60",
