@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from advlab._validate import check_choice, check_float, check_int
+from advlab._validate import check_bool, check_choice, check_float, check_int
 from advlab.attacks._context import AttackContext, Kernel, per_example_view, replicate
 from advlab.attacks._engine import run_attack
 from advlab.attacks._losses import LOSSES, check_dlr_classes, objective
@@ -24,13 +24,15 @@ from advlab.threat import LpBall, is_adversarial
 
 @dataclass(frozen=True)
 class APGDConfig:
-    """Hyper-parameters of APGD: iterations, loss, random restarts, momentum and the halving threshold."""
+    """Hyper-parameters of APGD: iterations, loss, random restarts, momentum, the halving threshold and whether
+    each example stops at its first adversarial iterate."""
 
     steps: int = 100
     loss: str = "ce"
     restarts: int = 1
     momentum: float = 0.75
     rho: float = 0.75
+    early_stop: bool = False
 
     def __post_init__(self) -> None:
         check_int("steps", self.steps)
@@ -38,6 +40,7 @@ class APGDConfig:
         check_int("restarts", self.restarts)
         for name in ("momentum", "rho"):
             check_float(name, getattr(self, name), inclusive=False, maximum=1.0)
+        check_bool("early_stop", self.early_stop)
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -60,8 +63,11 @@ def _apgd_kernel(config: APGDConfig, norm: str) -> Kernel:
         n, r = x.shape[0], config.restarts
         ball = LpBall(norm, eps)
         shape = per_example_view(x)
+        # The rows still running (restart-major, all of them unless early_stop) and their clean inputs, labels
+        # and true classes; ``rows`` maps them to the ``n * r`` rows of the replicated chunk.
         xr, yr = replicate(x, r), y.repeat(r)
         truth_r = None if ctx.true_labels is None else ctx.true_labels.repeat(r)
+        rows = torch.arange(n * r, device=x.device)
         if config.loss == "dlr":
             check_dlr_classes(ctx.num_classes, ctx.targeted)
 
@@ -86,13 +92,35 @@ def _apgd_kernel(config: APGDConfig, norm: str) -> Kernel:
         count = torch.zeros_like(f)
         eta_ck, f_max_ck, last = eta.clone(), f_max.clone(), 0
         marks = set(checkpoints(config.steps))
-        for k in range(1, config.steps + 1):
+        # early_stop: the verdicts of the rows that left, kept at full size (an example leaves with all its
+        # restarts at the first iteration where one of them is adversarial)
+        out_found, out_at, out_x = found.clone(), found_at.clone(), x_found.clone()
+        k = 0
+        while k < config.steps:
+            if config.early_stop and bool(found.any()):
+                done = torch.zeros(n, dtype=torch.bool, device=x.device)
+                done[rows[found] % n] = True
+                keep = ~done[rows % n]
+                gone = rows[~keep]
+                out_found[gone], out_at[gone], out_x[gone] = found[~keep], found_at[~keep], x_found[~keep]
+                rows, xr, yr = rows[keep], xr[keep], yr[keep]
+                truth_r = None if truth_r is None else truth_r[keep]
+                cur, prev, g, x_max, g_max, x_found = (t[keep] for t in (cur, prev, g, x_max, g_max, x_found))
+                eta, f_prev, f_max, count, eta_ck, f_max_ck, found, found_at = (
+                    t[keep] for t in (eta, f_prev, f_max, count, eta_ck, f_max_ck, found, found_at))
+                if rows.numel() == 0:
+                    break
+            k += 1
             a = config.momentum if k > 1 else 1.0
             z = project(cur + eta.reshape(shape) * step_dir(g))
             prev, cur = cur, project(cur + a * (z - cur) + (1 - a) * (cur - prev))
             if k == config.steps:  # the last update's point is evaluated, not differentiated
                 if r == 1:  # ... by the engine's re-check: return it where no iterate was adversarial
-                    return torch.where(found.reshape(shape), x_found, cur)
+                    final = torch.where(found.reshape(shape), x_found, cur)
+                    if rows.numel() == n:
+                        return final
+                    out_x[rows] = final
+                    return out_x
                 logits = ctx.logits(cur)
                 f = obj(logits)
             else:
@@ -117,8 +145,14 @@ def _apgd_kernel(config: APGDConfig, norm: str) -> Kernel:
                 f_prev = torch.where(halve, f_max, f_prev)
                 count.zero_()
                 eta_ck, f_max_ck, last = eta.clone(), f_max.clone(), k
-            if k % 10 == 0 and bool(found.view(r, n).any(dim=0).all()):
+            if not config.early_stop and k % 10 == 0 and bool(found.view(r, n).any(dim=0).all()):
                 break  # every example already has an adversarial point in some restart
+        if rows.numel() < n * r:  # early_stop: the rows still running join those that left
+            f_all = torch.full((n * r,), -torch.inf, dtype=f_max.dtype, device=x.device)
+            x_all = out_x.clone()
+            f_all[rows], x_all[rows] = f_max, x_max
+            out_found[rows], out_at[rows], out_x[rows] = found, found_at, x_found
+            found, found_at, x_found, f_max, x_max = out_found, out_at, out_x, f_all, x_all
         # Per example: the adversarial iterate found first (earliest iteration, then lowest restart), else the
         # highest-loss point over restarts. "First found" does not depend on when the loop stopped, so an
         # example's result does not depend on the other examples of its chunk (the batch size).
@@ -143,6 +177,7 @@ def apgd(
     restarts: int = 1,
     momentum: float = 0.75,
     rho: float = 0.75,
+    early_stop: bool = False,
     targeted: bool = False,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
@@ -159,7 +194,10 @@ def apgd(
     its best point. Restarts are batched (the chunk is replicated ``restarts`` times); each example keeps the
     adversarial iterate found first (earliest iteration, then lowest restart), else its highest-loss point over
     the restarts (with one restart: its final iterate, which the engine's re-check evaluates, so no extra
-    forward pass is spent on it). The run stops once every example is broken (checked every 10 steps).
+    forward pass is spent on it). The run stops once every example is broken (checked every 10 steps). With
+    ``early_stop`` each example leaves the batch at the first iteration where one of its restarts is
+    adversarial, keeping that iterate: the same examples succeed with the same points, and an example broken
+    early costs no further passes (what a worst-case cascade wants: one adversarial point, not the strongest).
     Random starts are drawn per example: the same seed gives the same result whatever ``batch_size``.
 
     Losses: ``ce`` (cross-entropy), ``dlr`` (difference of logits ratio) or ``margin``. Targeted DLR
@@ -178,6 +216,7 @@ def apgd(
             (default), ``dlr`` or ``margin``. restarts: random restarts, batched (default 1). momentum: the
             weight ``α`` of the new step against the previous one (default 0.75; 1 is no momentum).
             rho: fraction of improving steps below which the step size halves (default 0.75).
+            early_stop: stop each example at its first adversarial iterate (default ``False``).
             generator: random starts, drawn per example; same seed, same result whatever the batch size.
             batch_size: chunk size (memory grows with ``restarts * batch_size``). true_labels: true classes
             of a targeted run (used by targeted DLR).
@@ -191,7 +230,8 @@ def apgd(
         >>> bool((r.distances <= 0.1 + 1e-6).all())
         True
     """
-    config = APGDConfig(steps=steps, loss=loss, restarts=restarts, momentum=momentum, rho=rho)
+    config = APGDConfig(steps=steps, loss=loss, restarts=restarts, momentum=momentum, rho=rho,
+                        early_stop=early_stop)
     return run_attack(
         "apgd", model, x, y, eps=eps, norm=norm, kernel=_apgd_kernel(config, norm), config=config,
         targeted=targeted, generator=generator, batch_size=batch_size, true_labels=true_labels,

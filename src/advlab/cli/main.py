@@ -11,7 +11,16 @@ import click
 
 from advlab import __version__
 from advlab._allocator import keep_freed_memory
-from advlab.cli import attack_cmd, blackbox_cmd, data_cmd, list_cmd, report_cmd, train_cmd, transfer_cmd
+from advlab.cli import (
+    attack_cmd,
+    blackbox_cmd,
+    data_cmd,
+    evaluate_cmd,
+    list_cmd,
+    report_cmd,
+    train_cmd,
+    transfer_cmd,
+)
 from advlab.cli._errors import (
     DEBUG_ENV,
     Interrupted,
@@ -44,7 +53,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     set_debug(ctx, debug)
 
 
-for _module in (data_cmd, train_cmd, attack_cmd, blackbox_cmd, transfer_cmd, list_cmd, report_cmd):
+for _module in (data_cmd, train_cmd, attack_cmd, evaluate_cmd, blackbox_cmd, transfer_cmd, list_cmd, report_cmd):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

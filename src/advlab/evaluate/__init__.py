@@ -13,6 +13,9 @@ Example:
 from __future__ import annotations
 
 from advlab.evaluate._attack import EvalRecord, attack_checkpoint, evaluate_attack, json_safe
+from advlab.evaluate._evaluation import Check, Evaluation, Found, StageCost
+from advlab.evaluate._robustness import merge_found, robustness, robustness_checkpoint
+from advlab.evaluate._suites import Suite, SuiteAttack, get_suite, list_suites, load_suite, register_suite
 from advlab.evaluate._transfer import (
     KIND_ATTACKS,
     TransferMatrix,
@@ -24,13 +27,26 @@ from advlab.evaluate._transfer import (
 
 __all__ = [
     "KIND_ATTACKS",
+    "Check",
     "EvalRecord",
+    "Evaluation",
+    "Found",
+    "StageCost",
+    "Suite",
+    "SuiteAttack",
     "TransferMatrix",
     "attack_checkpoint",
     "evaluate_attack",
+    "get_suite",
     "has_input_gradient",
     "json_safe",
+    "list_suites",
+    "load_suite",
+    "merge_found",
     "model_kind",
+    "register_suite",
+    "robustness",
+    "robustness_checkpoint",
     "transfer_matrix",
     "transfer_matrix_checkpoints",
 ]
