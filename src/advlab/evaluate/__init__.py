@@ -12,7 +12,9 @@ Example:
 
 from __future__ import annotations
 
+from advlab.evaluate._active import ActiveTestResult, active_test
 from advlab.evaluate._attack import EvalRecord, attack_checkpoint, evaluate_attack, json_safe
+from advlab.evaluate._checks import CHECKS, run_checks
 from advlab.evaluate._evaluation import Check, Evaluation, Found, StageCost
 from advlab.evaluate._robustness import merge_found, robustness, robustness_checkpoint
 from advlab.evaluate._suites import Suite, SuiteAttack, get_suite, list_suites, load_suite, register_suite
@@ -26,7 +28,9 @@ from advlab.evaluate._transfer import (
 )
 
 __all__ = [
+    "CHECKS",
     "KIND_ATTACKS",
+    "ActiveTestResult",
     "Check",
     "EvalRecord",
     "Evaluation",
@@ -35,6 +39,7 @@ __all__ = [
     "Suite",
     "SuiteAttack",
     "TransferMatrix",
+    "active_test",
     "attack_checkpoint",
     "evaluate_attack",
     "get_suite",
@@ -47,6 +52,7 @@ __all__ = [
     "register_suite",
     "robustness",
     "robustness_checkpoint",
+    "run_checks",
     "transfer_matrix",
     "transfer_matrix_checkpoints",
 ]
