@@ -30,7 +30,7 @@ def check_norm(norm: str, allowed: tuple[str, ...] = NORMS) -> str:
 
 def lp_norm(delta: Tensor, norm: str) -> Tensor:
     """Per-example L_p norm of ``delta`` (shape ``(N, ...)``) as a ``(N,)`` tensor."""
-    flat = delta.reshape(delta.shape[0], -1)
+    flat = delta.reshape(delta.shape[0], math.prod(delta.shape[1:]))  # -1 is ambiguous for an empty batch
     if norm == "linf":
         return flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
     if norm == "l2":

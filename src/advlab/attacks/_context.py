@@ -117,10 +117,12 @@ class AttackContext(PerExampleRandomness):
 
     def grad(self, output: Tensor, inputs: Tensor, *, retain_graph: bool = False) -> Tensor:
         """``d sum(output) / d inputs`` through ``torch.autograd.grad`` (parameter ``.grad`` untouched),
-        counted as one backward pass per row of ``inputs``."""
+        counted as one backward pass per row of ``inputs``. The gradient is made contiguous: a model whose
+        output depends on the input only through a reduction (``x.sum()``) gets an expanded (stride-0)
+        gradient, which the steps' in-place updates cannot write to."""
         (g,) = torch.autograd.grad(output.sum(), inputs, retain_graph=retain_graph)
         self.n_backward += inputs.shape[0]
-        return g
+        return g.contiguous()
 
     def value_and_grad(
         self, x: Tensor, objective: Callable[[Tensor], Tensor], memo_key: str | None = None
