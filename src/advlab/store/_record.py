@@ -126,11 +126,11 @@ class Record:
         return cls(key=config_hash(config), kind=kind, config=config, metrics=metrics, **fields)
 
     def identity(self) -> dict[str, Any]:
-        """The record without what differs between two runs of the same cell (timestamps, seconds):
-        two runs of the same configuration and seed must agree on it exactly."""
+        """The record without what differs between two runs of the same cell (timestamps, ``seconds`` and any
+        ``*_seconds``): two runs of the same configuration and seed must agree on it exactly."""
         def strip(v: Any) -> Any:
             if isinstance(v, dict):
-                return {k: strip(x) for k, x in v.items() if k not in _TIMING_KEYS}
+                return {k: strip(x) for k, x in v.items() if k not in _TIMING_KEYS and not k.endswith("_seconds")}
             if isinstance(v, list):
                 return [strip(x) for x in v]
             return v
