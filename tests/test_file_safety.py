@@ -467,7 +467,7 @@ def no_training(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("no_training")
-@pytest.mark.parametrize("command", [QUICK_TRAIN, ["demo", "--no-progress", "--device", "cpu"]])
+@pytest.mark.parametrize("command", [QUICK_TRAIN])
 def test_out_is_checked_before_training(tmp_path: Path, command: list[str]) -> None:
     existing = save_checkpoint(_model(0, "softmax"), tmp_path / "ck")
     before = {name: (existing / name).read_bytes() for name in _files(existing)}

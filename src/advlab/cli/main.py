@@ -13,8 +13,10 @@ from advlab import __version__
 from advlab._allocator import keep_freed_memory
 from advlab.cli import (
     attack_cmd,
+    bench_cmd,
     blackbox_cmd,
     data_cmd,
+    demo_cmd,
     evaluate_cmd,
     list_cmd,
     report_cmd,
@@ -53,7 +55,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
     set_debug(ctx, debug)
 
 
-for _module in (data_cmd, train_cmd, attack_cmd, evaluate_cmd, blackbox_cmd, transfer_cmd, list_cmd, report_cmd):
+for _module in (data_cmd, train_cmd, attack_cmd, evaluate_cmd, blackbox_cmd, transfer_cmd, bench_cmd, report_cmd,
+                demo_cmd, list_cmd):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

@@ -1,7 +1,7 @@
-"""``advlab train`` (train a zoo model on a dataset, save a checkpoint) and ``advlab demo``.
+"""``advlab train``: train a zoo model on a dataset and save a checkpoint.
 
-Both only parse arguments, call :func:`advlab.train.train_model` (and :func:`advlab.train.save_run`) and
-print; the options of the hyper-parameters are built from the fields of :class:`advlab.train.Recipe`.
+It only parses arguments, calls :func:`advlab.train.train_model` (and :func:`advlab.train.save_run`) and
+prints; the options of the hyper-parameters are built from the fields of :class:`advlab.train.Recipe`.
 ``--out`` is checked and locked (:func:`advlab.models.reserve_checkpoint`) before the data is loaded, so a
 conflicting or unwritable path, or one another process is writing, fails at once; an existing checkpoint is
 replaced only with ``--overwrite``.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,8 +53,6 @@ from advlab.train.distributed import (
 
 T = TypeVar("T")
 
-DEMO_MODEL = "cnn-small"
-DEMO_DATA = "digits"
 
 # The recipe fields as options: counts are >= 1, rates and sizes >= 0, strings from their valid values.
 recipe_options = config_options(
@@ -348,29 +346,4 @@ def train_command(
             echo_json({**run.summary, "checkpoint": str(path)})
 
 
-@click.command("demo")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also save the trained model here.")
-@_overwrite_option
-@click.option("--no-progress", is_flag=True, help="Hide the progress bars (stderr).")
-@common_options
-def demo_command(out: Path | None, overwrite: bool, no_progress: bool, device: str, seed: int,
-                 data_root: Path | None) -> None:
-    """Train a small CNN on the bundled 8x8 digits (no download, seconds) and report its accuracy."""
-    recipe = get_recipe(DEMO_MODEL, DEMO_DATA)
-    with _reserved(out, overwrite) if out is not None else nullcontext(None) as target:
-        run = _run(DEMO_MODEL, DEMO_DATA, recipe, device, seed, data_root, None,
-                   [] if no_progress else [ProgressBar(per_epoch=False)])
-        path = None if target is None else _save(run, target, overwrite)
-    s = run.summary
-    click.echo(
-        f"{DEMO_MODEL} on {DEMO_DATA}: test accuracy {100 * s['test_accuracy']:.1f}% on {s['n_test']} held-out "
-        f"images after {s['epochs']} epochs on {s['n_train']} ({s['seconds']:.1f} s on {s['device']})"
-    )
-    payload = dict(s)
-    if path is not None:
-        payload["checkpoint"] = str(path)
-    echo_json(payload)
-
-
-COMMANDS = [train_command, demo_command]
+COMMANDS = [train_command]

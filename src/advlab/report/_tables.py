@@ -210,7 +210,9 @@ def _model_name(model: Any) -> str:
         defense = model.get("defense")
         if isinstance(defense, dict):
             defense = defense.get("name") or defense.get("kind")
-        return f"{name} + {defense}" if defense not in (None, "", "none") else str(name)
+        if defense in (None, "", "none") or str(defense) in str(name):
+            return str(name)
+        return f"{name} + {defense}"
     return "model" if model in (None, "") else str(model)
 
 
@@ -222,6 +224,8 @@ def model_labels(records: Iterable[Record]) -> dict[str, str]:
     for r in records:
         model = _dict(r.config).get("model")
         label = _model_name(model)
+        if isinstance(model, dict):  # the sweep's link to the cell that trained it is not part of the model
+            model = {k: v for k, v in model.items() if k != "train_key"}
         try:
             text = canonical_json(model)
         except (TypeError, ValueError):
