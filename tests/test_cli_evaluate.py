@@ -1,64 +1,22 @@
-"""``advlab evaluate``: the table, the JSON, and one-line errors for every mistake (the command registered on a
-local group that runs it as ``advlab`` does)."""
+"""``advlab evaluate``: the table, the JSON, and one-line errors for every mistake (through ``advlab``'s own
+entry point)."""
 
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any
 
-import click
 import pytest
 import torch
 
 from advlab.cli.evaluate_cmd import COMMANDS, evaluate_command
-from advlab.cli.main import _Group
+from test_cli_errors import cli, error_line
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "suites" / "pgd-and-square.toml"
 
 
-@click.group(cls=_Group)
-def advlab_cli() -> None:
-    """A local ``advlab`` group holding the evaluate command."""
-
-
-for _command in COMMANDS:
-    advlab_cli.add_command(_command)
-
-
-class Run(NamedTuple):
-    code: int
-    out: str
-    err: str
-
-
-def _main(args: list[str]) -> NoReturn:
-    try:
-        code = advlab_cli.main(args=args, prog_name="advlab", standalone_mode=False)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: Any) -> Run:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as info:
-        _main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    code = info.value.code
-    return Run(code if isinstance(code, int) else (0 if code is None else 1), out, err)
-
-
-def error_line(run: Run) -> str:
-    text = run.out + run.err
-    assert run.code != 0, text
-    assert "Traceback" not in text, text
-    lines = [line for line in run.err.splitlines() if line.startswith(("Error:", "advlab: error:"))]
-    assert len(lines) == 1, text
-    return lines[0]
 
 
 @pytest.fixture(autouse=True)

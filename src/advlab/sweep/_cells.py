@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from advlab.sweep._spec import _plain
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -98,14 +100,6 @@ def _trained_model(m: ModelEntry, dataset: str) -> dict[str, Any]:
                    "options": {} if config is None else _plain(dataclasses.asdict(config)), "held_out": m.held_out}
     return {"name": m.name, "architecture": m.architecture, "recipe": _plain(recipe.to_dict()),
             "model_options": _plain(options), "n_train": m.n_train, "defense": defense}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def expand(spec: Spec, *, device: str = "cpu", seed: int | None = None) -> list[Cell]:
