@@ -116,6 +116,9 @@ def _print_table(p: dict[str, Any], json_out: Path | None) -> None:
             advice = f" Advice: {check['advice']}" if check.get("advice") else ""
             click.echo(f"{'FAIL' if check['status'] == 'fail' else 'warning'} [{check['name']}]: "
                        f"{' '.join(str(check['message']).split())}{advice}")
+    ran = [c for c in p["checks"] if c["status"] != "skip"]
+    if ran and not any(c["status"] in ("warn", "fail") for c in ran):
+        click.echo(f"self-checks: all {len(ran)} passed ({', '.join(c['name'] for c in ran)})")
     if p["checks"] and not p["reliable"]:
         click.echo("the evaluation is NOT reliable: a self-check failed (see above)")
     if json_out is not None:
