@@ -17,7 +17,7 @@ Parts (``--part``, repeatable; results merge into ``benchmarks/results/robustnes
 
 Both libraries run in the default process (no thread or allocator settings), one after the other.
 
-    flock /tmp/advlab-heavy.lock python benchmarks/robustness.py --part autoattack --part advlab --part singles
+    python benchmarks/robustness.py --part autoattack --part advlab --part singles
 """
 
 from __future__ import annotations

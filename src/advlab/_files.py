@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,12 +135,20 @@ def _key(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-    except (OSError, AttributeError):
-        text = ""
-    return f"pid {text}" if text.isdigit() else "pid unknown"
+def _holder(fd: int, wait: float = 1.0) -> str:
+    """The pid the lock's holder wrote into the lock file. The holder writes it just after it locks, so a
+    file still empty is read again for up to ``wait`` seconds before the pid is called unknown."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        except (OSError, AttributeError):
+            return "pid unknown"
+        if text.isdigit():
+            return f"pid {text}"
+        if time.monotonic() >= deadline:
+            return "pid unknown"
+        time.sleep(0.01)
 
 
 if sys.platform == "win32":  # pragma: no cover - the CI runs on Linux
