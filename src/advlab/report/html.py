@@ -84,16 +84,27 @@ code { font-size: 0.85rem; }
 
 
 def load_records(store: str | os.PathLike[str]) -> list[Record]:
-    """Every record of the results store file ``store``, opened read-only.
+    """Every record of the results store file ``store``, opened read-only (a store left with an interrupted
+    write by a killed sweep is first recovered: SQLite rolls the unfinished transaction back).
 
     Raises:
         ValueError: the store holds no record (``advlab.store.StoreError``, a ``ValueError``, when the file
             is missing, not a store, or of a newer schema).
     """
-    from advlab.store import ResultStore
+    from advlab.store import ResultStore, StoreError
 
-    with ResultStore(store, readonly=True) as opened:
-        records = opened.records()
+    def read() -> list[Record]:
+        with ResultStore(store, readonly=True) as opened:
+            return opened.records()
+
+    try:
+        records = read()
+    except StoreError as err:
+        if "interrupted write" not in str(err):
+            raise
+        # a sweep killed in the middle of a write left its journal: one read-write open rolls it back
+        ResultStore(store, create=False).close()
+        records = read()
     if not records:
         name = os.fspath(store)
         raise ValueError(f"the store {name} holds no records; run `advlab bench SPEC --store {name}` or "
