@@ -81,3 +81,11 @@ def test_demo_bad_options_are_one_line(tmp_path: Path, args: list[str]) -> None:
     code, out, err = _invoke(["demo", "--out", str(tmp_path / "d"), *args])
     assert code == 2 and out == "" and "Traceback" not in err
     assert not (tmp_path / "d").exists()
+
+
+def test_demo_on_mnist_without_its_files_fails_before_any_work(tmp_path: Path) -> None:
+    code, out, err = _invoke(["demo", "--data", "mnist", "--data-root", str(tmp_path / "none"),
+                              "--out", str(tmp_path / "d"), "--no-progress"])
+    assert code == 1 and out == ""
+    assert "advlab data fetch mnist" in _error(err)
+    assert not (tmp_path / "d").exists()

@@ -179,8 +179,10 @@ def run_demo(
         A :class:`DemoResult`.
 
     Raises:
-        ValueError: an unknown ``data``, or ``out`` not usable (checked before any work).
+        ValueError: an unknown ``data``, or ``out`` not usable (checked before any work); a cell failed.
+        FileNotFoundError: the dataset's files are missing (checked before any work).
     """
+    from advlab.data import dataset_files
     from advlab.report import load_records, report_tables, write_report
     from advlab.store import ResultStore
     from advlab.sweep import parse_spec, run_sweep
@@ -188,14 +190,16 @@ def run_demo(
     if data not in DEMO_SPECS:
         raise ValueError(f"the demo runs on {', '.join(DEMO_SPECS)}; got --data {data!r}")
     folder = check_demo_folder(out, overwrite=overwrite)
+    for split in ("train", "test"):  # the data is there (a one-line error naming the files, before any work)
+        dataset_files(data, split, data_root)
     spec = parse_spec(DEMO_SPECS[data], file=f"<demo {data}>", base=folder)
     folder.mkdir(parents=True, exist_ok=True)
     store_path = folder / STORE_NAME
     with ResultStore(store_path) as store:
         sweep = run_sweep(spec, store, workers=workers, progress=progress, device=device, data_root=data_root)
-    if not sweep.ok:
-        failures = "; ".join(f"{label}: {message}" for label, message in sweep.failures[:3])
-        raise RuntimeError(f"{sweep.text()}; {failures}")
+    if not sweep.ok:  # each failure was printed as it happened
+        raise ValueError(f"{sweep.text()}; the finished cells are kept in {os.fspath(store_path)}: run the same "
+                         f"command again to retry the others")
     records = load_records(store_path)
     report = write_report(records, folder / REPORT_NAME, overwrite=True)
     tables = report_tables(records)
