@@ -11,7 +11,7 @@ import re
 import sqlite3
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
 import torch
@@ -21,6 +21,8 @@ from advlab.evaluate._transfer import TransferMatrix
 from advlab.report import SECTION_IDS, TABLE_NAMES, Table, render_report, report_tables, write_report
 from advlab.report.grid import save_record_grid
 from advlab.store import Record, ResultStore
+from test_cli_errors import cli as run_cli
+from test_cli_errors import error_line
 
 EVIL = "<script>alert('x')</script>"
 EPS = [0.05, 0.1, 0.2]
@@ -459,41 +461,12 @@ def test_write_report_never_overwrites(data: dict[str, Any], tmp_path: Path) -> 
 # ------------------------------------------------------------------------------------------------ the command
 
 
-class Run(NamedTuple):
-    code: int
-    out: str
-    err: str
-
-
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Runs ``advlab ARGS`` through the real entry point, with ``report`` registered."""
-    from advlab.cli.main import cli as group
-    from advlab.cli.main import main
-    from advlab.cli.report_cmd import COMMANDS
-
+    """Runs ``advlab ARGS`` through the real entry point (``test_cli_errors``' runner)."""
     monkeypatch.delenv("ADVLAB_DEBUG", raising=False)
     monkeypatch.setenv("ADVLAB_DEFAULT_MALLOC", "1")
-    for command in COMMANDS:
-        monkeypatch.setitem(group.commands, command.name or "report", command)
-
-    def run(*args: Any) -> Run:
-        capsys.readouterr()
-        with pytest.raises(SystemExit) as info:
-            main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        code = info.value.code
-        return Run(code if isinstance(code, int) else (0 if code is None else 1), out, err)
-
-    return run
-
-
-def error_line(run: Run) -> str:
-    assert run.code != 0, run
-    assert "Traceback" not in run.out + run.err
-    lines = [line for line in run.err.splitlines() if line.startswith(("Error:", "advlab: error:"))]
-    assert len(lines) == 1, run
-    return lines[0]
+    return lambda *args: run_cli(capsys, *args)
 
 
 @pytest.fixture(scope="module")
